@@ -1,0 +1,173 @@
+# Copyright (c) mmolor contributors. All rights reserved.
+"""Slow, literal references: the test oracle for mmolor's optimizers.
+
+Written from the equations (torch's documented AdamW / Adam / SGD updates and
+OLOR's one-step review), one parameter and one line of maths at a time. It
+shares no code with ``mmolor``.
+"""
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+class ReferenceOLOR:
+    """OLOR over plain AdamW / Adam / SGD, on cloned tensors.
+
+    ``groups`` is a list of dicts holding ``params`` (tensors, cloned here)
+    and hyper-parameters. ``step(grads, lrs)`` takes one gradient per param
+    (None = no gradient this step) and the lr of each group for this step.
+
+    Per parameter with a gradient (OLOR.md §1):
+
+        theta_hat = BaseStep(theta, g)
+        kappa = min(1, r * lr_t / lr_0)     (r when not following lr)
+        theta = theta_hat - kappa * (theta_hat - theta_0)
+
+    with ``theta_0`` the value before the parameter's first step.
+    """
+
+    def __init__(self, base: str, groups: List[dict]):
+        assert base in ('adamw', 'adam', 'sgd')
+        self.base = base
+        self.groups = []
+        for g in groups:
+            g = dict(g)
+            g['params'] = [p.detach().clone() for p in g['params']]
+            self.groups.append(g)
+        self.state: List[List[Dict[str, Tensor]]] = [
+            [{} for _ in g['params']] for g in self.groups]
+
+    def step(self, grads: Sequence[Sequence[Optional[Tensor]]],
+             lrs: Sequence[float]) -> None:
+        for gi, group in enumerate(self.groups):
+            lr = lrs[gi]
+            group.setdefault('initial_lr', lr)
+            for pi, theta in enumerate(group['params']):
+                g = grads[gi][pi]
+                if g is None:
+                    continue
+                state = self.state[gi][pi]
+                if 'anchor' not in state and group['rollback'] > 0:
+                    state['anchor'] = theta.clone()
+                theta_hat = self._base_step(theta, g.clone(), state, group,
+                                            lr)
+                r = group['rollback']
+                if r > 0:
+                    if group.get('rollback_follows_lr', True):
+                        kappa = min(1.0, r * lr / group['initial_lr'])
+                    else:
+                        kappa = r
+                    theta_hat = theta_hat - kappa * (theta_hat -
+                                                     state['anchor'])
+                theta.copy_(theta_hat)
+
+    def _base_step(self, theta: Tensor, g: Tensor, state: dict, group: dict,
+                   lr: float) -> Tensor:
+        if group.get('maximize', False):
+            g = -g
+        wd = group.get('weight_decay', 0.0)
+        if self.base == 'sgd':
+            return self._sgd(theta, g, state, group, lr, wd)
+        return self._adam(theta, g, state, group, lr, wd,
+                          decoupled=self.base == 'adamw')
+
+    @staticmethod
+    def _adam(theta, g, state, group, lr, wd, decoupled):
+        beta1, beta2 = group.get('betas', (0.9, 0.999))
+        eps = group.get('eps', 1e-8)
+        t = state['step'] = state.get('step', 0) + 1
+        m = state.get('exp_avg', torch.zeros_like(theta))
+        v = state.get('exp_avg_sq', torch.zeros_like(theta))
+        if decoupled:
+            theta = theta * (1 - lr * wd)
+        elif wd != 0:
+            g = g + wd * theta
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        state['exp_avg'], state['exp_avg_sq'] = m, v
+        m_hat = m / (1 - beta1**t)
+        if group.get('amsgrad', False):
+            vmax = torch.maximum(state.get('max_exp_avg_sq', v), v)
+            state['max_exp_avg_sq'] = vmax
+            v_hat = vmax / (1 - beta2**t)
+        else:
+            v_hat = v / (1 - beta2**t)
+        return theta - lr * m_hat / (v_hat.sqrt() + eps)
+
+    @staticmethod
+    def _sgd(theta, g, state, group, lr, wd):
+        momentum = group.get('momentum', 0.0)
+        dampening = group.get('dampening', 0.0)
+        if wd != 0:
+            g = g + wd * theta
+        if momentum != 0:
+            if 'momentum_buffer' not in state:
+                buf = g.clone()
+            else:
+                buf = momentum * state['momentum_buffer'] + (1 -
+                                                             dampening) * g
+            state['momentum_buffer'] = buf
+            g = g + momentum * buf if group.get('nesterov', False) else buf
+        return theta - lr * g
+
+
+class ReferenceAdamB:
+    """The authors' ``AdamB`` formulation, rewritten from OLOR.md §1.
+
+    Each rolling-back tensor keeps the accumulator ``D = theta - theta_0``
+    (zero at the start) and a ``back_level`` b; with the bias-corrected Adam
+    direction ``u`` (no weight decay) and lr ``eta``:
+
+        u <- (1 - eta * b) * u + b * D
+        theta <- theta - eta * u;   D <- D - eta * u
+
+    i.e. ``theta_t = theta - eta (1 - eta b) u - eta b (theta - theta_0)``.
+    The layer-wise ``b`` of tensor i out of N+1 in the group is
+    ``b_min + (1 - (i / N + eps)) ** power * (b_max - b_min)`` with
+    ``b = r / eta_0``. Tensors of the head (``pretrained=False``) take plain
+    Adam steps.
+    """
+
+    def __init__(self, params: List[Tensor], pretrained: List[bool], *,
+                 b_max: float, b_min: float, power: float, betas=(0.9, 0.999),
+                 eps: float = 1e-8, power_eps: float = 0.0):
+        self.params = [p.detach().clone() for p in params]
+        self.betas, self.eps = betas, eps
+        n = sum(pretrained) - 1
+        self.b = []
+        i = 0
+        for flag in pretrained:
+            if not flag:
+                self.b.append(None)
+                continue
+            frac = i / n + power_eps if n > 0 else power_eps
+            self.b.append(b_min + (1 - frac)**power * (b_max - b_min))
+            i += 1
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.D = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def step(self, grads: List[Tensor], lr: float) -> None:
+        self.t += 1
+        beta1, beta2 = self.betas
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            self.m[i] = beta1 * self.m[i] + (1 - beta1) * g
+            self.v[i] = beta2 * self.v[i] + (1 - beta2) * g * g
+            bc1, bc2 = 1 - beta1**self.t, 1 - beta2**self.t
+            u = (self.m[i] / bc1) / ((self.v[i] / bc2).sqrt() + self.eps)
+            b = self.b[i]
+            if b is not None:
+                u = (1 - lr * b) * u + b * self.D[i]
+                self.D[i] = self.D[i] - lr * u
+            p.sub_(lr * u)
+
+
+def rollback_by_depth(depth: float, max_depth: float, r_max: float,
+                      r_min: float, power: float) -> float:
+    """OLOR.md §3: r(d) = r_min + (r_max - r_min) (1 - d / D) ** power."""
+    if max_depth == 0:
+        return r_max
+    return r_min + (r_max - r_min) * math.pow(1 - depth / max_depth, power)
