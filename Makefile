@@ -30,9 +30,13 @@ $(STAMP): setup.py Makefile
 	# with an old one (pip warns about the conflict) and restore it after.
 	$(PIP) install 'setuptools<70'
 	# mmcv has no wheel: build it against the installed torch, with ops.
-	MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install --no-build-isolation 'mmcv==2.1.0'
-	$(PIP) install --upgrade 'setuptools>=77'
-	$(PIP) install 'mmengine==0.10.7' 'mmdet==3.3.0' 'mmsegmentation==1.2.2' ftfy regex
+	MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install --no-build-isolation \
+		'mmcv==2.1.0' 'numpy<2'
+	# >=77 for torch, <81 because mmengine still imports pkg_resources
+	# (e.g. to resolve `_base_ = 'mmdet::...'`).
+	$(PIP) install --upgrade 'setuptools>=77,<81'
+	$(PIP) install 'mmengine==0.10.7' 'mmdet==3.3.0' 'mmsegmentation==1.2.2' \
+		ftfy regex 'numpy<2'
 	$(PIP) install --no-build-isolation -e '.[tests]'
 	$(PY) -c "import mmolor, mmcv.ops; print('mmolor', mmolor.__version__, 'ready')"
 	@touch $(STAMP)
