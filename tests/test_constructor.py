@@ -16,6 +16,7 @@ from mmengine.optim import build_optim_wrapper
 from torch import nn
 
 from mmolor.optim import OLORAdamW
+from expected_depths import resnet_depth, swin_depth, vit_depth
 from reference import rollback_by_depth
 
 ROLLBACK = dict(max=0.02, min=0.004, power=2.0)
@@ -65,38 +66,6 @@ def seg_model(backbone: dict, channels) -> nn.Module:
     cfg.model.auxiliary_head.update(in_channels=channels[2], channels=8,
                                     num_classes=3, norm_cfg=dict(type='BN'))
     return MODELS.build(cfg.model)
-
-
-# Expected depth from a name: one function per family, from the
-# architecture. `sizes` = blocks per stage.
-def resnet_depth(name, sizes, mode):
-    m = re.match(r'backbone\.layer(\d+)\.(\d+)\.', name)
-    if not m:
-        return 0  # stem
-    s, b = int(m.group(1)) - 1, int(m.group(2))
-    return s + 1 if mode == 'stage' else sum(sizes[:s]) + b + 1
-
-
-def swin_depth(name, sizes, mode):
-    m = re.match(r'backbone\.stages\.(\d+)\.blocks\.(\d+)\.', name)
-    if m:
-        s, b = int(m.group(1)), int(m.group(2))
-        return s + 1 if mode == 'stage' else sum(sizes[:s]) + b + 1
-    m = re.match(r'backbone\.(?:stages\.(\d+)\.downsample|norm(\d+))\.',
-                 name)
-    if m:
-        s = int(m.group(1) or m.group(2))
-        return s + 1 if mode == 'stage' else sum(sizes[:s + 1])
-    return 0  # patch embedding, absolute position embedding
-
-
-def vit_depth(name, num_layers, mode):
-    m = re.match(r'backbone\.layers\.(\d+)\.', name)
-    if m:
-        return 1 if mode == 'stage' else int(m.group(1)) + 1
-    if name.startswith('backbone.ln1.'):  # the final norm
-        return 1 if mode == 'stage' else num_layers
-    return 0
 
 
 def build(model, rollback=None, optimizer=None, **paramwise):

@@ -120,7 +120,9 @@ def _unpickling_reason(error: Exception) -> str:
     for line in str(error).splitlines():
         line = line.strip()
         if line.startswith('WeightsUnpickler error:'):
-            return line[len('WeightsUnpickler error:'):].strip()
+            # Keep the first sentence; the rest is torch's advice.
+            line = line[len('WeightsUnpickler error:'):].strip()
+            return line.split('. ')[0].rstrip('.')
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 

@@ -1,0 +1,29 @@
+# Faster R-CNN R-50-FPN 1x on COCO, fine-tuned with OLOR-AdamW.
+#
+# Mirrors mmdet's faster-rcnn_r50_fpn_1x_coco.py (schedule, data, model) with
+# the AdamW setting of mmdet's AdamW recipes for detectors (e.g.
+# mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py: lr 1e-4, betas (0.9, 0.999),
+# weight decay 0.05), plus the layer-wise rollback on the backbone.
+#
+# OLOR hyper-parameters: r_max 0.01, r_min 0, power 1 are the authors'
+# classification setting (OLOR-AAAI-2024); no detection or segmentation
+# values were published. Stem and layer1 stay frozen (frozen_stages=1, as
+# upstream). Weight decay is kept at the recipe's 0.05, except on norm
+# layers (norm_decay_mult=0): AdamW's decoupled decay moves a weight by
+# lr * wd = 5e-6 of itself per step, far below the review (up to 1%).
+_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
+
+custom_imports = dict(imports=['mmolor'], allow_failed_imports=False)
+
+optim_wrapper = dict(
+    constructor='OLOROptimWrapperConstructor',
+    optimizer=dict(
+        _delete_=True,
+        type='OLORAdamW',
+        lr=0.0001,
+        betas=(0.9, 0.999),
+        weight_decay=0.05),
+    paramwise_cfg=dict(
+        rollback=dict(
+            max=0.01, min=0.0, power=1.0, layer='block', scope=['backbone']),
+        norm_decay_mult=0.0))
