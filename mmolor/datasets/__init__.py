@@ -1,0 +1,4 @@
+# Copyright (c) mmolor contributors. All rights reserved.
+from .synthetic import ADE20K_LAYOUT, COCO_LAYOUT, write_ade20k, write_coco
+
+__all__ = ['write_coco', 'write_ade20k', 'COCO_LAYOUT', 'ADE20K_LAYOUT']
