@@ -37,7 +37,7 @@ $(STAMP): setup.py Makefile
 	$(PIP) install --upgrade 'setuptools>=77,<81'
 	$(PIP) install 'mmengine==0.10.7' 'mmdet==3.3.0' 'mmsegmentation==1.2.2' \
 		ftfy regex 'numpy<2'
-	$(PIP) install --no-build-isolation -e '.[tests]'
+	$(PIP) install --no-build-isolation -e '.[tests,demo]'
 	$(PY) -c "import mmolor, mmcv.ops; print('mmolor', mmolor.__version__, 'ready')"
 	@touch $(STAMP)
 

@@ -34,5 +34,9 @@ setup(
         'ftfy',  # imported by mmseg, not declared by it
         'regex',
     ],
-    extras_require={'tests': ['pytest>=7']},
+    extras_require={
+        'tests': ['pytest>=7'],
+        # the demo and the forgetting benchmark: bundled digits, plots
+        'demo': ['scikit-learn', 'matplotlib'],
+    },
 )
