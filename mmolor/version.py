@@ -1,7 +1,7 @@
 # Copyright (c) mmolor contributors. All rights reserved.
 """mmolor's version and the version ranges of the stack it runs on."""
 from importlib import metadata
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 __version__ = '0.1.0'
 
@@ -20,10 +20,15 @@ def _parse(version: str):
     return digit_version(version.split('+')[0])
 
 
-def check_versions() -> None:
-    """Raise ImportError naming every package missing or out of range."""
+def check_versions(requirements: Optional[Dict[str, Tuple]] = None) -> None:
+    """Raise ImportError naming every package missing or out of range.
+
+    Args:
+        requirements (dict, optional): distribution -> (minimum, exclusive
+            maximum or None). Defaults to :data:`REQUIREMENTS`.
+    """
     problems: List[str] = []
-    for dist, (low, high) in REQUIREMENTS.items():
+    for dist, (low, high) in (requirements or REQUIREMENTS).items():
         spec = f'>={low}' + (f',<{high}' if high else '')
         try:
             found = metadata.version(dist)
