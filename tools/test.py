@@ -41,9 +41,10 @@ def parse_args():
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
-        help='directory where painted images will be saved. '
-        'If specified, it will be automatically saved '
-        'to the work_dir/timestamp/show_dir')
+        help='directory where painted images will be saved: mmdet puts '
+        'them in work_dir/timestamp/SHOW_DIR, mmseg in '
+        'SHOW_DIR/vis_data/vis_image (every default_hooks.visualization.'
+        'interval images)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(

@@ -83,11 +83,9 @@ def _safe_globals() -> Tuple[List[Any], List[Tuple[Any, str]]]:
     ]
     # `np.dtype('f8')` is an instance of a dtype class (numpy.dtypes.
     # Float64DType on numpy >= 1.25), which the unpickler must BUILD.
-    plain += sorted({type(np.dtype(c))
-                     for c in _NUMPY_DTYPE_CODES},
-                    key=str)
-    named: List[Tuple[Any, str]] = [(_history_buffer_getattr,
-                                     'builtins.getattr')]
+    plain += sorted({type(np.dtype(c)) for c in _NUMPY_DTYPE_CODES}, key=str)
+    named: List[Tuple[Any, str]] = []
+    named.append((_history_buffer_getattr, 'builtins.getattr'))
     for module in _NUMPY_CORE_NAMES:
         named.append((multiarray._reconstruct, f'{module}._reconstruct'))
         named.append((multiarray.scalar, f'{module}.scalar'))
@@ -127,10 +125,10 @@ def _unpickling_reason(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def load_from_local(filename: str,
-                    map_location: Optional[Union[str, Callable,
-                                                 torch.device]] = None
-                    ) -> Any:
+def load_from_local(
+        filename: str,
+        map_location: Optional[Union[str, Callable,
+                                     torch.device]] = None) -> Any:
     """Load a checkpoint from a local file, safely when possible.
 
     The drop-in replacement of mmengine's ``load_from_local``: it first

@@ -144,14 +144,14 @@ def prepare_dist(cfg: Config) -> Optional[str]:
     """Set up ``cfg.launcher``'s process group where mmengine cannot.
 
     Call it after ``cfg.launcher`` is set and before the Runner is built.
-    Nothing happens when ``cfg.launcher`` is ``'none'``, when a process
-    group already exists, or when the machine has an accelerator (mmengine
-    then calls ``init_dist`` with ``cfg.env_cfg.dist_cfg``, NCCL by
-    default). On a CPU-only machine it:
+    Nothing happens when ``cfg.launcher`` is ``'none'`` or when the machine
+    has an accelerator (mmengine then calls ``init_dist`` with
+    ``cfg.env_cfg.dist_cfg``, NCCL by default). On a CPU-only machine it:
 
     - initialises the default process group with :func:`init_cpu_dist`,
       using ``cfg.env_cfg.dist_cfg`` (its ``backend`` becomes ``'gloo'``
-      unless it is already a CPU backend, gloo or mpi);
+      unless it is already a CPU backend, gloo or mpi), unless a process
+      group already exists;
     - writes that backend back to ``cfg.env_cfg.dist_cfg.backend``;
     - sets ``cfg.model_wrapper_cfg`` to ``MMDistributedDataParallel`` with
       ``device_ids=None`` (see :func:`_cpu_model_wrapper_cfg`).
@@ -160,28 +160,32 @@ def prepare_dist(cfg: Config) -> Optional[str]:
         cfg (Config): The full config, with ``launcher`` set.
 
     Returns:
-        str, optional: The backend initialised here, or None if mmengine is
-        left to do it.
+        str, optional: The CPU backend in use, or None if mmengine is left
+        to set up the process group.
     """
     launcher = cfg.get('launcher', 'none')
     if launcher == 'none' or has_accelerator():
-        return None
-    if torch_dist.is_available() and torch_dist.is_initialized():
         return None
     if cfg.get('env_cfg', None) is None:
         cfg.env_cfg = dict()
     if cfg.env_cfg.get('dist_cfg', None) is None:
         cfg.env_cfg.dist_cfg = dict()
-    dist_cfg = copy.deepcopy(cfg.env_cfg.dist_cfg)
-    backend = dist_cfg.pop('backend', 'nccl')
-    if backend not in _CPU_BACKENDS:
-        print_log(
-            f'No GPU found: using the gloo backend instead of {backend} '
-            f'for --launcher {launcher}.',
-            logger='current',
-            level=logging.INFO)
-        backend = 'gloo'
-    init_cpu_dist(launcher, backend=backend, **dist_cfg)
+    if torch_dist.is_initialized():
+        # Set up by the caller: keep its backend, fix only the wrapper.
+        backend = torch_dist.get_backend()
+    else:
+        dist_cfg = copy.deepcopy(cfg.env_cfg.dist_cfg)
+        backend = dist_cfg.pop('backend', 'nccl')
+        # mmengine's alternatives (deepspeed, colossalai) need GPUs.
+        dist_cfg.pop('init_backend', None)
+        if backend not in _CPU_BACKENDS:
+            print_log(
+                f'No GPU found: using the gloo backend instead of {backend} '
+                f'for --launcher {launcher}.',
+                logger='current',
+                level=logging.INFO)
+            backend = 'gloo'
+        init_cpu_dist(launcher, backend=backend, **dist_cfg)
     cfg.env_cfg.dist_cfg.backend = backend
 
     wrapper_cfg = _cpu_model_wrapper_cfg(cfg)
