@@ -277,3 +277,38 @@ custom_hooks = [dict(type='DumpRankWeightsHook')]
     for key in w0:
         assert torch.equal(w0[key], w1[key]), key
     assert osp.exists(tmp_path / 'dist' / 'iter_2.pth')
+
+
+def test_users_own_mmdet_config_with_mmdets_own_tools(coco, tmp_path):
+    """A user's existing mmdet config plus the README's OLOR lines, trained
+    and resumed with mmdet's own tools/train.py: `custom_imports` of mmolor
+    is all it takes (registries and checkpoint loading on torch >= 2.6)."""
+    import mmdet
+    mmdet_train = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
+                           'train.py')
+    body = coco_overrides(coco, epochs=2) + '''
+custom_imports = dict(imports=['mmolor'], allow_failed_imports=False)
+optim_wrapper = dict(
+    constructor='OLOROptimWrapperConstructor',
+    optimizer=dict(type='OLORSGD'),
+    paramwise_cfg=dict(rollback=dict(max=0.01, min=0.0, power=1.0)))
+'''
+    config = tmp_path / 'cfg.py'
+    config.write_text("_base_ = 'mmdet::faster_rcnn/"
+                      "faster-rcnn_r50_fpn_1x_coco.py'\n" + body)
+    work_dir = str(tmp_path / 'work')
+    run([sys.executable, mmdet_train, str(config), '--work-dir', work_dir,
+         '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=2'])
+    log = run([sys.executable, mmdet_train, str(config), '--work-dir',
+               work_dir, '--resume'])
+    assert 'resumed epoch: 1' in log
+    first, second = (_load(osp.join(work_dir, f'epoch_{e}.pth'))
+                     for e in (1, 2))
+    assert second['meta']['epoch'] == 2
+    # The anchors came back from the checkpoint: not re-taken at resume.
+    anchors = [(i, s['anchor']) for i, s in
+               first['optimizer']['state'].items() if 'anchor' in s]
+    assert len(anchors) > 100
+    for index, anchor in anchors:
+        assert torch.equal(anchor,
+                           second['optimizer']['state'][index]['anchor'])
