@@ -116,6 +116,21 @@ def test_mmdet_resnet(mode):
         ROLLBACK['min'])
 
 
+@pytest.mark.parametrize('backbone', [
+    dict(type='ResNetV1d', depth=18),
+    dict(type='ResNeXt', depth=50, groups=4, base_width=2),
+])
+def test_mmdet_resnet_variants(backbone):
+    """ResNetV1d (deep stem) and ResNeXt follow the ResNet rule."""
+    sizes = [2, 2, 2, 2] if backbone['depth'] == 18 else [3, 4, 6, 3]
+    expansion = 1 if backbone['depth'] == 18 else 4
+    model = det_model(resnet18(
+        **backbone, _neck_in=[8 * expansion * 2**i for i in range(4)]))
+    ow = build(model, ROLLBACK)
+    check_exact(model, ow, lambda n: resnet_depth(n, sizes, 'block'),
+                sum(sizes), ROLLBACK)
+
+
 def test_mmdet_resnet_frozen_stages_are_excluded_but_keep_depth():
     """frozen_stages=1 freezes stem + layer1: not in the optimizer, not
     counted as rolling back, but depth stays the architecture's."""
