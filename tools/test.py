@@ -14,11 +14,11 @@ import warnings
 from copy import deepcopy
 
 from mmengine.config import Config, ConfigDict, DictAction
-from mmengine.registry import RUNNERS, init_default_scope
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmolor  # noqa: F401  registries and checkpoint loading
-from mmolor.utils import prepare_dist
+from mmolor.utils import prepare_dist, setup_scope
 
 
 def parse_args():
@@ -83,18 +83,6 @@ def parse_args():
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
-
-
-def setup_scope(cfg: Config) -> None:
-    """Make the config's ``default_scope`` the current registry scope."""
-    scope = cfg.get('default_scope', None)
-    if scope is None:
-        return
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        # As mmdet's tools do: limit dynamo's recompilations.
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
 
 
 def trigger_visualization_hook(cfg: Config, args: argparse.Namespace,

@@ -16,11 +16,11 @@ import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
-from mmengine.registry import RUNNERS, init_default_scope
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmolor  # noqa: F401  registries and checkpoint loading
-from mmolor.utils import has_accelerator, prepare_dist
+from mmolor.utils import has_accelerator, prepare_dist, setup_scope
 
 
 def parse_args():
@@ -83,18 +83,6 @@ def parse_args():
         os.environ['LOCAL_RANK'] = str(args.local_rank)
 
     return args
-
-
-def setup_scope(cfg: Config) -> None:
-    """Make the config's ``default_scope`` the current registry scope."""
-    scope = cfg.get('default_scope', None)
-    if scope is None:
-        return
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        # As mmdet's tools do: limit dynamo's recompilations.
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
 
 
 def enable_amp(cfg: Config) -> None:
