@@ -43,7 +43,8 @@ class ReferenceOLOR:
              lrs: Sequence[float]) -> None:
         for gi, group in enumerate(self.groups):
             lr = lrs[gi]
-            group.setdefault('initial_lr', lr)
+            if lr > 0:  # lr_0: the first positive lr (no scheduler)
+                group.setdefault('initial_lr', lr)
             for pi, theta in enumerate(group['params']):
                 g = grads[gi][pi]
                 if g is None:
@@ -56,7 +57,8 @@ class ReferenceOLOR:
                 r = group['rollback']
                 if r > 0:
                     if group.get('rollback_follows_lr', True):
-                        kappa = min(1.0, r * lr / group['initial_lr'])
+                        kappa = min(1.0, r * lr / group['initial_lr']) \
+                            if lr > 0 else 0.0
                     else:
                         kappa = r
                     theta_hat = theta_hat - kappa * (theta_hat -

@@ -232,6 +232,25 @@ def test_initial_lr_is_first_step_lr_without_scheduler():
     assert_close(p.detach(), torch.full((2, ), 0.9, dtype=torch.float64))
 
 
+def test_a_step_at_lr_zero_does_not_become_the_initial_lr():
+    """Without a scheduler, lr_0 is the first positive lr: kappa then
+    follows the lr (a first step at lr 0 must not pin kappa at r)."""
+    p = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    opt = OLORSGD([p], lr=0.0, rollback=0.5)
+    p.grad = torch.ones(1, dtype=torch.float64)
+    opt.step()
+    assert 'initial_lr' not in opt.param_groups[0]
+    assert torch.equal(p.detach(), torch.ones(1, dtype=torch.float64))
+    for lr, kappa in ((0.2, 0.5), (0.1, 0.25)):
+        before = p.detach().clone()
+        opt.param_groups[0]['lr'] = lr
+        opt.step()
+        theta_hat = before - lr
+        assert_close(p.detach(), theta_hat + kappa * (1.0 - theta_hat),
+                     rtol=0, atol=1e-15)
+    assert opt.param_groups[0]['initial_lr'] == 0.2
+
+
 def test_kappa_is_capped_at_one():
     """lr above the initial lr (e.g. OneCycle) never overshoots the anchor."""
     p = torch.zeros(2, dtype=torch.float64, requires_grad=True)

@@ -3,7 +3,8 @@
 # Mirrors mmdet's faster-rcnn_r50_fpn_1x_coco.py (schedule, data, model) with
 # the AdamW setting of mmdet's AdamW recipes for detectors (e.g.
 # mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py: lr 1e-4, betas (0.9, 0.999),
-# weight decay 0.05), plus the layer-wise rollback on the backbone.
+# weight decay 0.05), plus the layer-wise rollback on the backbone and OLORDriftHook, which
+# only logs.
 #
 # OLOR hyper-parameters: r_max 0.01, r_min 0, power 1 are the authors'
 # classification setting (OLOR-AAAI-2024); no detection or segmentation
@@ -27,3 +28,8 @@ optim_wrapper = dict(
         rollback=dict(
             max=0.01, min=0.0, power=1.0, layer='block', scope=['backbone']),
         norm_decay_mult=0.0))
+
+# Logs each backbone stage's drift from the pre-trained weights and OLOR's
+# current kappa every 50 iterations (logger and visualizer; no effect on
+# training).
+custom_hooks = [dict(type='OLORDriftHook', interval=50)]

@@ -2,7 +2,8 @@
 #
 # Mirrors mmdet's faster-rcnn_r50_fpn_1x_coco.py (SGD lr 0.02, momentum 0.9,
 # weight decay 1e-4, 12 epochs, batch 16) and changes only the optimizer:
-# OLORSGD with the layer-wise rollback on the backbone.
+# OLORSGD with the layer-wise rollback on the backbone. It also adds
+# OLORDriftHook, which only logs.
 #
 # OLOR hyper-parameters: r_max 0.01, r_min 0, power 1 are the authors'
 # classification setting (OLOR-AAAI-2024, config.py / train.py); the authors
@@ -23,3 +24,8 @@ optim_wrapper = dict(
         rollback=dict(
             max=0.01, min=0.0, power=1.0, layer='block',
             scope=['backbone'])))
+
+# Logs each backbone stage's drift from the pre-trained weights and OLOR's
+# current kappa every 50 iterations (logger and visualizer; no effect on
+# training).
+custom_hooks = [dict(type='OLORDriftHook', interval=50)]

@@ -3,7 +3,8 @@
 # Mirrors mmdet's mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py entirely (ImageNet
 # Swin-T weights, AdamW lr 1e-4 / wd 0.05 with no decay on position tables
 # and norms, LinearLR 1000 iters + steps at epochs 8 and 11) and changes
-# only the optimizer type and the rollback.
+# only the optimizer type and the rollback. It also adds OLORDriftHook,
+# which only logs.
 #
 # OLOR hyper-parameters: r_max 0.01, r_min 0, power 1 are the authors'
 # classification setting (OLOR-AAAI-2024); no detection or segmentation
@@ -21,3 +22,8 @@ optim_wrapper = dict(
         rollback=dict(
             max=0.01, min=0.0, power=1.0, layer='block',
             scope=['backbone'])))
+
+# Logs each backbone stage's drift from the pre-trained weights and OLOR's
+# current kappa every 50 iterations (logger and visualizer; no effect on
+# training).
+custom_hooks = [dict(type='OLORDriftHook', interval=50)]

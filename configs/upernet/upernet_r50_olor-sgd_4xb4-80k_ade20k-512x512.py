@@ -3,7 +3,7 @@
 # Mirrors mmseg's upernet_r50_4xb4-80k_ade20k-512x512.py (ResNetV1c-50 from
 # open-mmlab://resnet50_v1c, SGD lr 0.01 / momentum 0.9 / wd 5e-4, PolyLR,
 # batch 16) and changes only the optimizer: OLORSGD with the layer-wise
-# rollback on the backbone.
+# rollback on the backbone. It also adds OLORDriftHook, which only logs.
 #
 # OLOR hyper-parameters: r_max 0.01, r_min 0, power 1 are the authors'
 # classification setting (OLOR-AAAI-2024); no detection or segmentation
@@ -21,3 +21,8 @@ optim_wrapper = dict(
         rollback=dict(
             max=0.01, min=0.0, power=1.0, layer='block',
             scope=['backbone'])))
+
+# Logs each backbone stage's drift from the pre-trained weights and OLOR's
+# current kappa every 50 iterations (logger and visualizer; no effect on
+# training).
+custom_hooks = [dict(type='OLORDriftHook', interval=50)]

@@ -548,8 +548,13 @@ class _OLORMixin:
         lr = float(group['lr'])
         # NOTE [initial lr]: lr_0 is `initial_lr`, which mmengine's and
         # torch's schedulers set when they are built (after auto_scale_lr);
-        # without a scheduler it is the lr of the group's first step.
-        initial_lr = float(group.setdefault('initial_lr', lr))
+        # without a scheduler it is the first positive lr the group steps
+        # with (a step at lr 0 moves nothing, so it has nothing to review).
+        if 'initial_lr' not in group:
+            if lr <= 0:
+                return 0.0
+            group['initial_lr'] = lr
+        initial_lr = float(group['initial_lr'])
         if initial_lr <= 0:
             return 0.0 if lr == 0 else float(rollback)
         # lr_t may exceed lr_0 (e.g. OneCycle); kappa stays a fraction.

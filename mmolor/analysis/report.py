@@ -1,0 +1,254 @@
+# Copyright (c) mmolor contributors. All rights reserved.
+"""Tables and plots of the demo and the forgetting benchmark."""
+import json
+import textwrap
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    'format_table', 'demo_tables', 'plot_drift', 'summarize', 'plot_tradeoff'
+]
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A plain-text table: columns padded, a rule under the header."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [
+        '  '.join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths))) for r in cells
+    ]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def _pct(x: Optional[float]) -> str:
+    return '-' if x is None else f'{100 * x:.1f}'
+
+
+def demo_tables(runs: Dict[str, Dict],
+                before: Dict[str, float],
+                rollback: Optional[Dict[str, float]] = None) -> str:
+    """The demo's printed report: a summary and a per-layer drift table.
+
+    Args:
+        runs (dict): Method name -> ``dict(metrics=..., scores=...,
+            drift=[layer rows])``.
+        before (dict): Upstream scores of the pre-trained backbone.
+        rollback (dict, optional): Layer name -> OLOR rollback strength.
+            Defaults to None.
+
+    Returns:
+        str: Both tables.
+    """
+    header = [
+        'method', 'bbox AP', 'segm AP', 'kNN', 'probe', 'old head',
+        'drift stem', 'drift mean'
+    ]
+    rows = [[
+        'pre-trained', '-', '-',
+        _pct(before['knn']),
+        _pct(before['probe']),
+        _pct(before['head']), '0', '0'
+    ]]
+    for name, run in runs.items():
+        m, s, d = run['metrics'], run['scores'], run['drift']
+        rows.append([
+            name,
+            _pct(m['coco/bbox_mAP']),
+            _pct(m['coco/segm_mAP']),
+            _pct(s['knn']),
+            _pct(s['probe']),
+            _pct(s['head']), f"{d[0]['drift']:.4f}",
+            f"{np.mean([r['drift'] for r in d]):.4f}"
+        ])
+    summary = format_table(header, rows)
+    names = list(runs)
+    layers = [r['layer'] for r in runs[names[0]]['drift']]
+    header = ['layer'] + [f'drift {n}' for n in names]
+    if rollback is not None:
+        header.append('OLOR r')
+    rows = []
+    for i, layer in enumerate(layers):
+        row = [layer] + [f"{runs[n]['drift'][i]['drift']:.4f}" for n in names]
+        if rollback is not None:
+            row.append(f'{rollback.get(layer, 0.0):.4g}')
+        rows.append(row)
+    per_layer = format_table(header, rows)
+    note = textwrap.fill(
+        'AP: COCO mAP@[.5:.95] on held-out scenes (%). Upstream accuracy '
+        '(%) on held-out digits of the upstream classes: kNN and a linear '
+        'probe refit on the backbone\'s pooled features, and the old head '
+        '(the upstream classifier, kept unchanged). Drift: ||theta - '
+        'theta0|| / ||theta0|| of the backbone.', 79)
+    return f'{summary}\n\n{note}\n\n{per_layer}'
+
+
+def plot_drift(runs: Dict[str, List[Dict]],
+               out: str,
+               rollback: Optional[Dict[str, float]] = None) -> None:
+    """Per-layer drift of several runs (and OLOR's strengths), as a PNG.
+
+    Args:
+        runs (dict): Method name -> ``layer_drift`` rows.
+        out (str): Output file.
+        rollback (dict, optional): Layer name -> rollback strength, drawn
+            on a second axis. Defaults to None.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    layers = [r['layer'] for r in runs[names[0]]]
+    x = np.arange(len(layers))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(layers) + 2), 4))
+    for i, name in enumerate(names):
+        ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            [r['drift'] for r in runs[name]],
+            width,
+            label=name,
+            color=f'C{i}')
+    ax.set_xticks(x)
+    ax.set_xticklabels(layers, rotation=45, ha='right', fontsize=8)
+    ax.set_ylabel(r'drift $\|\theta-\theta_0\| / \|\theta_0\|$')
+    ax.set_xlabel('backbone layer (shallow to deep)')
+    ax.grid(axis='y', alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    # Head room above the bars (and the line) for a one-row legend.
+    ax.set_ylim(0,
+                1.3 * max(r['drift'] for rows in runs.values() for r in rows))
+    if rollback is not None:
+        ax2 = ax.twinx()
+        line, = ax2.plot(
+            x, [rollback.get(layer, 0.0) for layer in layers],
+            'k.--',
+            label='OLOR rollback r')
+        ax2.set_ylabel('rollback strength r')
+        ax2.set_ylim(0, 1.3 * max(max(rollback.values()), 1e-12))
+        handles.append(line)
+        labels.append(line.get_label())
+    ax.legend(
+        handles, labels, fontsize=8, loc='upper center', ncol=len(labels))
+    ax.set_title('Drift from the pre-trained backbone, by layer', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _mean_std(values: Sequence[float]) -> tuple:
+    values = np.asarray(values, dtype=float)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), std
+
+
+def summarize(results: List[Dict],
+              keys: Sequence[str] = ('downstream', 'upstream_before',
+                                     'upstream_after'),
+              baseline: Optional[str] = 'adamw') -> List[Dict]:
+    """Mean and std (over seeds) of every (method, config).
+
+    Args:
+        results (list[dict]): The benchmark's ``results`` entries.
+        keys (Sequence[str]): Numeric fields to summarise.
+        baseline (str, optional): A method with a single setting; every
+            other setting also gets ``delta_<key>_mean`` / ``_std``, the
+            mean and std over seeds of its difference to the baseline run
+            of the same seed (paired). Defaults to ``'adamw'``.
+
+    Returns:
+        list[dict]: ``dict(method, config, n, <key>_mean, <key>_std, ...)``
+        in the order the settings first appear. ``std`` is the sample
+        standard deviation (ddof 1; 0 for a single seed).
+    """
+    groups: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
+    for r in results:
+        key = (r['method'], json.dumps(r['config'], sort_keys=True))
+        groups.setdefault(key, []).append(r)
+    reference = {r['seed']: r for r in results if r['method'] == baseline}
+    out = []
+    for (method, _), entries in groups.items():
+        row = dict(
+            method=method, config=dict(entries[0]['config']), n=len(entries))
+        for key in keys:
+            values = [e[key] for e in entries if key in e]
+            if not values:
+                continue
+            row[f'{key}_mean'], row[f'{key}_std'] = _mean_std(values)
+            paired = [
+                e[key] - reference[e['seed']][key] for e in entries
+                if e['seed'] in reference and key in e
+            ]
+            if method != baseline and paired:
+                row[f'delta_{key}_mean'], row[f'delta_{key}_std'] = \
+                    _mean_std(paired)
+        out.append(row)
+    return out
+
+
+def _label(row: Dict) -> str:
+    config = ', '.join(f'{k}={v}' for k, v in row['config'].items())
+    return f"{row['method']}" + (f' ({config})' if config else '')
+
+
+def plot_tradeoff(summary: List[Dict],
+                  out: str,
+                  y_keys: Sequence[str] = ('upstream_after',
+                                           'upstream_head_after'),
+                  y_labels: Sequence[str] = ('upstream kNN accuracy',
+                                             'upstream old-head accuracy'),
+                  x_key: str = 'downstream',
+                  x_label: str = 'downstream bbox AP') -> None:
+    """Downstream vs upstream (mean ± std over seeds), one point a setting.
+
+    One panel per ``y_keys`` entry present in ``summary``.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    panels = [(k, lab) for k, lab in zip(y_keys, y_labels)
+              if any(f'{k}_mean' in r for r in summary)]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    colours = dict(adamw='C0', l2sp='C2', olor='C1')
+    markers = 'osD^v<>pPX*'
+    for ax, (key, label) in zip(axes[0], panels):
+        seen: Dict[str, int] = {}
+        for row in summary:
+            if f'{key}_mean' not in row:
+                continue
+            i = seen[row['method']] = seen.get(row['method'], -1) + 1
+            ax.errorbar(
+                row[f'{x_key}_mean'],
+                row[f'{key}_mean'],
+                xerr=row[f'{x_key}_std'],
+                yerr=row[f'{key}_std'],
+                fmt=markers[i % len(markers)],
+                color=colours.get(row['method'], 'k'),
+                capsize=3,
+                label=_label(row))
+        before = [
+            r['upstream_before_mean'] for r in summary
+            if key == 'upstream_after' and 'upstream_before_mean' in r
+        ]
+        before += [
+            r['upstream_head_before_mean'] for r in summary if
+            key == 'upstream_head_after' and 'upstream_head_before_mean' in r
+        ]
+        if before:
+            ax.axhline(
+                np.mean(before), color='grey', ls=':', label='pre-trained')
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc='best')
+    fig.suptitle('Forgetting benchmark: mean ± std over seeds', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,60 @@
+# Copyright (c) mmolor contributors. All rights reserved.
+"""Draw the rollback strength OLOR gives every layer of a config.
+
+Builds the config's model (no weights are loaded) and its optim wrapper, so
+the strengths are exactly those ``OLOROptimWrapperConstructor`` assigns,
+``custom_keys`` included; prints them as a table and saves a bar chart.
+
+Example:
+    python tools/analysis_tools/plot_rollback.py \\
+        configs/mask_rcnn/mask-rcnn_r50_fpn_olor-adamw_1x_coco.py \\
+        --out rollback.png
+"""
+import argparse
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+import mmolor  # noqa: F401  registries
+from mmolor.analysis.rollback import plot_rollback, rollback_by_layer
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Plot the per-layer rollback strengths of a config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument(
+        '--out',
+        help='output PNG; defaults to <config name>_rollback.png in the '
+        'current directory')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, as for '
+        'tools/train.py (e.g. optim_wrapper.paramwise_cfg.rollback.max=0.05)')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    rows = rollback_by_layer(cfg)
+    name = osp.splitext(osp.basename(args.config))[0]
+    out = args.out or f'{name}_rollback.png'
+    r = cfg.optim_wrapper.paramwise_cfg.rollback
+    title = (f"{name}\nr_max={r.get('max', 0.01)}, r_min={r.get('min', 0.0)}"
+             f", power={r.get('power', 1.0)}, layer={r.get('layer', 'block')}")
+    plot_rollback(rows, out, title=title)
+    print(f"{'layer':<28} {'params':>12}  rollback")
+    for row in rows:
+        rollback = 'frozen' if row['rollback'] is None else \
+            f"{row['rollback']:.6g}"
+        print(f"{row['layer']:<28} {row['params']:>12,}  {rollback}")
+    print(out)
+
+
+if __name__ == '__main__':
+    main()
