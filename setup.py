@@ -21,6 +21,9 @@ setup(
     license='Apache License 2.0',
     python_requires='>=3.8',
     packages=find_packages(include=['mmolor', 'mmolor.*']),
+    # OLOR's fused CPU kernel, compiled on first use (mmolor/optim/
+    # _cpu_kernel.py)
+    package_data={'mmolor.optim': ['csrc/*.cpp']},
     # The ranges tested together (see mmolor/version.py, which checks them
     # at import). mmcv has no wheel on PyPI: `make install` builds it with
     # its ops before this package is installed.

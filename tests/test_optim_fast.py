@@ -509,3 +509,73 @@ def test_default_cpu_path_falls_back_without_fused_kernel(monkeypatch):
         results.append(params)
     for a, b in zip(*results):
         assert_close(a, b, rtol=0, atol=1e-14)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """OLOR's fused CPU kernel, built here, with its calls counted."""
+    from mmolor.optim import _cpu_kernel
+    kernel = _cpu_kernel.cpu_kernel()
+    assert kernel is not None, \
+        f'fused CPU kernel unavailable: {_cpu_kernel.cpu_kernel_error()}'
+    calls = []
+
+    class Counting:
+
+        def __getattr__(self, name):
+            fn = getattr(kernel, name)
+            return lambda *args: (calls.append(name), fn(*args))[1]
+
+    monkeypatch.setattr(olor_module, 'cpu_kernel', lambda: Counting())
+    return calls
+
+
+@pytest.mark.parametrize('anchor_dtype', [None, torch.bfloat16])
+@pytest.mark.parametrize('impl', ['default', 'fused'])
+@pytest.mark.parametrize('base,hparams', CONFIGS, ids=CONFIG_IDS)
+def test_cpu_kernel_matches_reference(base, hparams, impl, anchor_dtype,
+                                      kernel_calls):
+    """OLOR's fused CPU kernel (float32 weights) equals the float32
+    reference with the float32 tolerances, and really ran."""
+    impl_kwargs = dict(default=dict(), fused=dict(fused=True))[impl]
+    run_against_reference(
+        base,
+        hparams,
+        impl_kwargs,
+        dtype=torch.float32,
+        anchor_dtype=anchor_dtype)
+    expected = 'olor_sgd_' if base == 'sgd' else 'olor_adam_'
+    assert kernel_calls and set(kernel_calls) == {expected}
+
+
+def test_cpu_kernel_leaves_other_dtypes_to_torch(kernel_calls):
+    """float64 weights take torch's fused kernel and the review."""
+    run_against_reference('adamw', dict(lr=0.01), dict())
+    assert kernel_calls == []
+
+
+def test_cpu_kernel_rejects_bad_input_before_writing():
+    from mmolor.optim._cpu_kernel import cpu_kernel
+    kernel = cpu_kernel()
+    p, g, buf = torch.ones(4), torch.ones(4), torch.zeros(4)
+    anchors = [torch.zeros(4), torch.zeros(3)]  # second one: wrong size
+    params = [p, p.clone()]
+    with pytest.raises(RuntimeError, match=r'anchors\[1\]'):
+        kernel.olor_sgd_(params, [g, g], [buf, buf.clone()], anchors, 0.0,
+                         0.9, 0.0, False, -0.1, 0.5, False)
+    assert torch.equal(params[0], torch.ones(4))
+    assert torch.equal(buf, torch.zeros(4))
+
+
+def test_cpu_kernel_can_be_switched_off(monkeypatch):
+    """MMOLOR_CPU_KERNEL=0: no build, and the fused path falls back to
+    torch's fused step and the review (still equal to the reference)."""
+    from mmolor.optim import _cpu_kernel
+    monkeypatch.setattr(_cpu_kernel, '_module', None)
+    monkeypatch.setattr(_cpu_kernel, '_error', None)
+    monkeypatch.setenv('MMOLOR_CPU_KERNEL', '0')
+    assert _cpu_kernel.cpu_kernel() is None
+    assert 'MMOLOR_CPU_KERNEL=0' in _cpu_kernel.cpu_kernel_error()
+    run_against_reference(
+        'adamw', dict(lr=0.01, weight_decay=0.1), dict(fused=True),
+        dtype=torch.float32)

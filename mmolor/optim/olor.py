@@ -15,14 +15,15 @@ same thing, up to floating-point rounding.
 import contextlib
 import math
 import warnings
-from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
-                    Tuple, Union)
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Tuple,
+                    Union)
 
 import torch
 from mmengine.registry import OPTIMIZERS
 from torch import Tensor
 from torch.optim import SGD, Adam, AdamW
 
+from ._cpu_kernel import cpu_kernel
 from ._helpers import (compiled, default_to_foreach, fast_path_supports,
                        group_by_device_and_dtype, iter_blocks)
 
@@ -50,8 +51,10 @@ _GROUP_DEFAULTS = dict(
 # size, which frees one pass for the review) and runs them block by block:
 # the temporaries are one block, stay in cache and are reused by the
 # allocator. With foreach=None on the CPU, where torch would loop over the
-# tensors, OLOR takes the fastest step torch has, its fused kernel, and then
-# the review. On GPUs each foreach op is one kernel: no blocks there.
+# tensors, OLOR takes its own fused CPU kernel (csrc/olor_cpu.cpp: step and
+# review in one pass, 32 bytes per parameter), or where that cannot be built
+# the fastest step torch has, its fused kernel, and then the review. On GPUs
+# each foreach op is one kernel: no blocks there.
 _CPU_BLOCK_NUMEL = 1 << 18
 
 
@@ -177,20 +180,24 @@ def _increment_steps(state_steps: List[Tensor]) -> List[float]:
     return [step.item() for step in state_steps]
 
 
-def _adam_step_scalars(steps: Sequence[float], *, beta1: float, beta2: float,
-                       lr: float, eps: float,
-                       kappa: float) -> Tuple[List[float], List[float]]:
-    r"""Per-tensor ``eps'`` and ``coef`` of the folded Adam update.
+def _adam_step_scalars(
+        state_steps: List[Tensor], *, beta1: float, beta2: float, lr: float,
+        eps: float, weight_decay: float, decoupled: bool,
+        kappa: float) -> Tuple[List[float], List[float], float, float]:
+    r"""Take the step count one further and return the scalars of the
+    folded Adam update: per-tensor ``eps'`` and ``coef``, the weight
+    multiplier ``decay`` and the coupled weight decay.
 
     With :math:`b_1 = 1-\beta_1^t`, :math:`b_2 = \sqrt{1-\beta_2^t}`:
     :math:`\gamma \hat m / (\sqrt{\hat v} + \epsilon) = (\gamma b_2 / b_1)
     m / (\sqrt{v} + \epsilon b_2)`, which saves the pass that divides
     :math:`\sqrt v` by :math:`b_2`; the review scales the step by
-    :math:`1-\kappa`.
+    :math:`1-\kappa` and the weight by ``decay`` :math:`= (1-\kappa)
+    (1-\gamma\lambda)` for decoupled weight decay, else :math:`1-\kappa`.
     """
     cache: Dict[float, Tuple[float, float]] = {}
     eps_list, coef_list = [], []
-    for step in steps:
+    for step in _increment_steps(state_steps):
         if step not in cache:
             bc1 = 1 - beta1**step
             bc2_sqrt = math.sqrt(1 - beta2**step)
@@ -198,7 +205,9 @@ def _adam_step_scalars(steps: Sequence[float], *, beta1: float, beta2: float,
         eps_step, coef = cache[step]
         eps_list.append(eps_step)
         coef_list.append(coef)
-    return eps_list, coef_list
+    if decoupled:
+        return eps_list, coef_list, (1 - kappa) * (1 - lr * weight_decay), 0.0
+    return eps_list, coef_list, 1 - kappa, weight_decay
 
 
 def _multi_tensor_olor_adam(params: List[Tensor],
@@ -230,13 +239,15 @@ def _multi_tensor_olor_adam(params: List[Tensor],
     """
     if not params:
         return
-    steps = _increment_steps(state_steps)
-    eps_list, coef_list = _adam_step_scalars(
-        steps, beta1=beta1, beta2=beta2, lr=lr, eps=eps, kappa=kappa)
-    decay = 1 - kappa
-    if decoupled_weight_decay:
-        decay *= 1 - lr * weight_decay
-    coupled_decay = 0.0 if decoupled_weight_decay else weight_decay
+    eps_list, coef_list, decay, coupled_decay = _adam_step_scalars(
+        state_steps,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
+        kappa=kappa)
     lists = [params, grads, exp_avgs, exp_avg_sqs, anchors]
     if amsgrad:
         lists.append(max_exp_avg_sqs)
@@ -322,6 +333,16 @@ def _multi_tensor_olor_sgd(params: List[Tensor],
             torch._foreach_add_(param, grad, alpha=step_alpha)
 
 
+def _cpu_kernel_applies(params: List[Tensor], grads: List[Tensor],
+                        anchors: List[Tensor]) -> bool:
+    """Whether OLOR's fused CPU kernel takes these tensors: float32 weights
+    and gradients, float32 or bfloat16 anchors (the state follows the
+    weights; contiguity is checked by the caller)."""
+    return all(p.dtype == torch.float32 and g.dtype == torch.float32
+               and a.dtype in (torch.float32, torch.bfloat16)
+               for p, g, a in zip(params, grads, anchors))
+
+
 def _fused_olor_adam(params: List[Tensor],
                      grads: List[Tensor],
                      exp_avgs: List[Tensor],
@@ -340,12 +361,34 @@ def _fused_olor_adam(params: List[Tensor],
                      decoupled_weight_decay: bool,
                      kappa: float,
                      cpu_block_numel: Optional[int] = None) -> None:
-    """torch's fused Adam / AdamW kernel, then the review (one more pass).
+    """OLOR's fused CPU kernel (step and review in one pass) where it
+    applies; else torch's fused Adam / AdamW kernel, then the review.
 
     Same signature as :func:`_multi_tensor_olor_adam`. Raises RuntimeError
     (before changing anything) where torch has no such kernel.
     """
     if not params:
+        return
+    kernel = cpu_kernel() if _cpu_kernel_applies(params, grads,
+                                                  anchors) else None
+    if kernel is not None:
+        eps_list, coef_list, decay, coupled_decay = _adam_step_scalars(
+            state_steps,
+            beta1=beta1,
+            beta2=beta2,
+            lr=lr,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=decoupled_weight_decay,
+            kappa=kappa)
+        try:
+            kernel.olor_adam_(params, grads, exp_avgs, exp_avg_sqs,
+                              max_exp_avg_sqs, anchors, eps_list, coef_list,
+                              beta1, beta2, coupled_decay, decay, kappa,
+                              amsgrad, maximize)
+        except RuntimeError:  # it checks everything before writing
+            torch._foreach_sub_(state_steps, 1)
+            raise
         return
     kernel = torch._fused_adamw_ if decoupled_weight_decay \
         else torch._fused_adam_
@@ -384,9 +427,18 @@ def _fused_olor_sgd(params: List[Tensor],
                     maximize: bool,
                     kappa: float,
                     cpu_block_numel: Optional[int] = None) -> None:
-    """torch's fused SGD kernel (after the first momentum step), then the
-    review. Same signature as :func:`_multi_tensor_olor_sgd`."""
+    """OLOR's fused CPU kernel where it applies; else torch's fused SGD
+    kernel (after the first momentum step), then the review. Same signature
+    as :func:`_multi_tensor_olor_sgd`."""
     if not params:
+        return
+    kernel = cpu_kernel() if _cpu_kernel_applies(params, grads,
+                                                  anchors) else None
+    if kernel is not None:
+        kernel.olor_sgd_(params, grads,
+                         momentum_buffer_list if momentum != 0 else [],
+                         anchors, weight_decay, momentum, dampening, nesterov,
+                         -(1 - kappa) * lr, kappa, maximize)
         return
     torch._fused_sgd_(
         params,
@@ -661,8 +713,9 @@ class _OLORMixin:
         tensors the fast paths do not handle. ``'foreach'``: OLOR's own
         multi-tensor update (NOTE [fast paths]), for groups with
         ``foreach=True``, and ``foreach=None`` off the CPU. ``'fused'``:
-        torch's fused kernel, then the review, for ``foreach=None`` on the
-        CPU (torch would loop over the tensors there, which is slower).
+        OLOR's fused CPU kernel (or torch's fused kernel, then the review),
+        for ``fused=True`` or ``foreach=None`` on the CPU (torch would loop
+        over the tensors there, which is slower).
         ``'compiled'``: the torch.compile'd update, for ``compiled`` groups.
         """
         if kappa == 0 or torch.compiler.is_compiling():
@@ -680,19 +733,20 @@ class _OLORMixin:
             return None
         if group['compiled'] and not getattr(self, '_compile_failed', False):
             return 'compiled'
-        if group.get('fused') or group.get('foreach') is False:
+        if group.get('foreach') is False and not group.get('fused'):
             return None
-        if group.get('foreach') is None and self._fused_cpu_ok(group, params):
+        if (group.get('fused') or group.get('foreach') is None) \
+                and self._fused_cpu_ok(group, params):
             return 'fused'
+        if group.get('fused'):
+            return None
         return 'foreach'
 
     def _fused_cpu_ok(self, group: Dict[str, Any],
                       params: List[Tensor]) -> bool:
-        """Whether torch's fused CPU kernel can take the step of a group
-        that left the implementation to the optimizer (``foreach=None``).
-
-        On the CPU it is the fastest step torch has. Its kernel reads every
-        tensor as contiguous memory, so all must be contiguous.
+        """Whether a fused CPU kernel (OLOR's, else torch's) can take the
+        step of a group: every tensor on the CPU and contiguous (both
+        kernels read them as contiguous memory).
         """
         if getattr(self, '_fused_failed', False):
             return False
@@ -850,18 +904,15 @@ class _OLORAdamMixin(_OLORMixin):
         (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
          anchors) = self._adam_lists(group, new_anchors)
         beta1, beta2 = group['betas']
-        lr, weight_decay = group['lr'], group['weight_decay']
-        steps = _increment_steps(state_steps)
-        eps_list, coef_list = _adam_step_scalars(
-            steps,
+        eps_list, coef_list, decay, coupled = _adam_step_scalars(
+            state_steps,
             beta1=beta1,
             beta2=beta2,
-            lr=lr,
+            lr=group['lr'],
             eps=group['eps'],
+            weight_decay=group['weight_decay'],
+            decoupled=self._decoupled(group),
             kappa=kappa)
-        decay, coupled = 1 - kappa, weight_decay
-        if self._decoupled(group):
-            decay, coupled = decay * (1 - lr * weight_decay), 0.0
         rows = [[
             1 - beta1, beta2, 1 - beta2, coupled, decay, coef, eps_step, kappa
         ] for eps_step, coef in zip(eps_list, coef_list)]
