@@ -15,14 +15,16 @@ the usual per-parameter loop. Optimizer state is measured from
 Rows: ``for-loop`` / ``foreach`` / ``fused`` pass ``foreach=False`` /
 ``foreach=True`` / ``fused=True`` to both; ``compiled`` is OLOR with
 ``fused=True, compiled=True`` against torch's fused step; ``default`` passes
-neither (torch then loops over the tensors on the CPU; OLOR's rolling-back
-groups take torch's fused kernel and the review); ``bf16 anchor`` adds
-``anchor_dtype='bfloat16'``; the AdamB rows put OLOR-AdamW (weight decay 0,
-as AdamB has none) against the per-parameter AdamB loop. Columns: median ms
+neither (torch then loops over the tensors on the CPU). On the CPU OLOR's
+rolling-back groups take OLOR's fused CPU kernel in both ``fused`` and
+``default`` (step and review in one pass; torch's fused kernel and then the
+review where it cannot be built, see ``MMOLOR_CPU_KERNEL``); ``bf16 anchor``
+adds ``anchor_dtype='bfloat16'``; the AdamB rows put OLOR-AdamW (weight decay
+0, as AdamB has none) against the per-parameter AdamB loop. Columns: median ms
 per step of the twin and of OLOR, the median [first-third quartile] of the
-per-round ratios OLOR / twin, and the bytes of optimizer state per
-parameter element. Every parameter rolls back (rollback 0.01), so OLOR's
-state holds one anchor per parameter.
+per-round ratios OLOR / twin, and the bytes of optimizer state per parameter
+element. Every parameter rolls back (rollback 0.01), so OLOR's state holds one
+anchor per parameter.
 
 Optional sections: how far a run whose anchors are kept in bfloat16 drifts
 from the float32-anchored run (``--drift-steps``), and the training

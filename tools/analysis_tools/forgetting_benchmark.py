@@ -285,7 +285,9 @@ def main():
             flush=True)
         entries = [e for _, e in results]
         meta['wall_s'] = round(time.time() - start, 1)
-        with open(out_json, 'w') as f:
+        # Rewritten after every run, atomically: an interrupted benchmark
+        # leaves a complete JSON of the runs done so far.
+        with open(out_json + '.tmp', 'w') as f:
             json.dump(
                 dict(
                     meta=meta,
@@ -293,6 +295,7 @@ def main():
                     results=entries),
                 f,
                 indent=1)
+        os.replace(out_json + '.tmp', out_json)
 
     print(f'fine-tuning: {total} runs, {args.jobs} at a time', flush=True)
     if args.jobs == 1:
