@@ -39,6 +39,8 @@ $(STAMP): setup.py Makefile
 		ftfy regex 'numpy<2'
 	$(PIP) install --no-build-isolation -e '.[tests,demo]'
 	$(PY) -c "import mmolor, mmcv.ops; print('mmolor', mmolor.__version__, 'ready')"
+	# OLOR's fused CPU kernel is compiled on first use; do it now, once.
+	$(PY) -c "from mmolor.optim._cpu_kernel import cpu_kernel; cpu_kernel()"
 	@touch $(STAMP)
 
 test: install

@@ -579,3 +579,35 @@ def test_cpu_kernel_can_be_switched_off(monkeypatch):
     run_against_reference(
         'adamw', dict(lr=0.01, weight_decay=0.1), dict(fused=True),
         dtype=torch.float32)
+
+
+def test_cpu_kernel_leaves_float16_anchors_to_torch(kernel_calls):
+    """float16 anchors: torch's fused step and the review, same numbers."""
+    opt, _ = run_against_reference(
+        'adamw', dict(lr=0.01, weight_decay=0.1), dict(),
+        dtype=torch.float32, anchor_dtype=torch.float16)
+    assert kernel_calls == []
+    assert not getattr(opt, '_fused_failed', False)
+
+
+def test_cpu_kernel_refusing_odd_state_falls_back(kernel_calls):
+    """A non-contiguous moment (e.g. from an odd checkpoint): the kernel
+    refuses before writing, the step is taken by the multi-tensor update,
+    and it is the step the reference takes."""
+    torch.manual_seed(0)
+    p = torch.randn(4, 3, requires_grad=True)
+    twin = p.detach().clone().requires_grad_()
+    opt = OLORAdamW([p], lr=0.01, rollback=0.2)
+    ref = OLORAdamW([twin], lr=0.01, rollback=0.2, foreach=True)
+    for step in range(3):
+        grad = torch.randn(4, 3)
+        p.grad, twin.grad = grad.clone(), grad.clone()
+        if step == 1:
+            state = opt.state[p]
+            state['exp_avg'] = state['exp_avg'].t().contiguous().t()
+            assert not state['exp_avg'].is_contiguous()
+        opt.step()
+        ref.step()
+        assert_close(p, twin)
+        assert float(opt.state[p]['step']) == step + 1
+    assert opt._fused_failed

@@ -39,6 +39,10 @@ def cpu_kernel() -> Optional[ModuleType]:
     if os.environ.get('MMOLOR_CPU_KERNEL', '1') == '0':
         _error = 'disabled by MMOLOR_CPU_KERNEL=0'
         return None
+    print_log(
+        'mmolor: loading its fused CPU kernel (compiled on first use, about '
+        'a minute; `make install` compiles it ahead)',
+        logger='current')
     start = time.time()
     path = os.environ.get('PATH', '')
     # pip's ninja sits beside the interpreter, which a venv's python run by

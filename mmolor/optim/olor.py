@@ -15,8 +15,8 @@ same thing, up to floating-point rounding.
 import contextlib
 import math
 import warnings
-from typing import (Any, Callable, Dict, Iterator, List, Optional, Tuple,
-                    Union)
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Set,
+                    Tuple, Union)
 
 import torch
 from mmengine.registry import OPTIMIZERS
@@ -334,13 +334,14 @@ def _multi_tensor_olor_sgd(params: List[Tensor],
 
 
 def _cpu_kernel_applies(params: List[Tensor], grads: List[Tensor],
-                        anchors: List[Tensor]) -> bool:
+                        anchor_dtypes: Set[torch.dtype]) -> bool:
     """Whether OLOR's fused CPU kernel takes these tensors: float32 weights
-    and gradients, float32 or bfloat16 anchors (the state follows the
-    weights; contiguity is checked by the caller)."""
-    return all(p.dtype == torch.float32 and g.dtype == torch.float32
-               and a.dtype in (torch.float32, torch.bfloat16)
-               for p, g, a in zip(params, grads, anchors))
+    and gradients, float32 or bfloat16 anchors. The state follows the
+    weights; the kernel checks it, and the contiguity of everything, before
+    it writes."""
+    return anchor_dtypes <= {torch.float32, torch.bfloat16} and all(
+        p.dtype == torch.float32 and g.dtype == torch.float32
+        for p, g in zip(params, grads))
 
 
 def _fused_olor_adam(params: List[Tensor],
@@ -369,8 +370,8 @@ def _fused_olor_adam(params: List[Tensor],
     """
     if not params:
         return
-    kernel = cpu_kernel() if _cpu_kernel_applies(params, grads,
-                                                  anchors) else None
+    kernel = cpu_kernel() if _cpu_kernel_applies(
+        params, grads, {a.dtype for a in anchors}) else None
     if kernel is not None:
         eps_list, coef_list, decay, coupled_decay = _adam_step_scalars(
             state_steps,
@@ -432,8 +433,8 @@ def _fused_olor_sgd(params: List[Tensor],
     as :func:`_multi_tensor_olor_sgd`."""
     if not params:
         return
-    kernel = cpu_kernel() if _cpu_kernel_applies(params, grads,
-                                                  anchors) else None
+    kernel = cpu_kernel() if _cpu_kernel_applies(
+        params, grads, {a.dtype for a in anchors}) else None
     if kernel is not None:
         kernel.olor_sgd_(params, grads,
                          momentum_buffer_list if momentum != 0 else [],
@@ -753,11 +754,14 @@ class _OLORMixin:
         for p in params:
             if not (p.is_cpu and p.is_contiguous() and p.grad.is_contiguous()):
                 return False
-            for value in self.state[p].values():
-                if (torch.is_tensor(value) and value.dim() > 0
-                        and not value.is_contiguous()):
-                    return False
-        return True
+        anchor_dtype = _torch_dtype(group['anchor_dtype']) or torch.float32
+        if cpu_kernel() is not None and _cpu_kernel_applies(
+                params, [p.grad for p in params], {anchor_dtype}):
+            return True  # OLOR's kernel checks the state itself
+        return all(
+            value.is_contiguous() for p in params
+            for value in self.state[p].values()
+            if torch.is_tensor(value) and value.dim() > 0)
 
     # Implemented per base optimizer below.
     _multi_tensor_kernel: Callable
