@@ -94,13 +94,35 @@ def test_matches_reference(base, hparams, impl):
     The lr changes every step (warm-up then decay) with `initial_lr` set, as
     a scheduler does, so the lr-following rollback is exercised.
     """
-    params = make_params()
-    opt = build_olor(base, hparams, IMPLS[impl], params)
+    run_against_reference(base, hparams, IMPLS[impl])
+
+
+def run_against_reference(base,
+                          hparams,
+                          impl,
+                          dtype=torch.float64,
+                          anchor_dtype=None):
+    """Step an OLOR optimizer and the literal reference side by side and
+    compare params, anchors and base state after every step; returns the
+    optimizer and params after the last step."""
+    params = make_params(dtype)
+    if anchor_dtype is not None:
+        # Start from values the anchor dtype holds exactly, so its anchors
+        # equal the reference's.
+        with torch.no_grad():
+            for p in params:
+                p.copy_(p.to(anchor_dtype))
+        impl = dict(impl, anchor_dtype=anchor_dtype)
+    never_stepped = params[4].detach().clone()
+    opt = build_olor(base, hparams, impl, params)
     for g in opt.param_groups:
         g['initial_lr'] = g['lr']
-    ref = ReferenceOLOR(
-        base, [dict(hparams, **{k: v for k, v in g.items() if k != 'lr'})
-               for g in opt.param_groups])
+    ref = ReferenceOLOR(base, [
+        dict(hparams, **{
+            k: v
+            for k, v in g.items() if k != 'lr'
+        }) for g in opt.param_groups
+    ])
     base_lrs = [g['lr'] for g in opt.param_groups]
     index = {id(p): i for i, p in enumerate(params)}
     gen = torch.Generator().manual_seed(1)
@@ -115,26 +137,29 @@ def test_matches_reference(base, hparams, impl):
                   for g in opt.param_groups], lrs)
         for gi, group in enumerate(opt.param_groups):
             for pi, p in enumerate(group['params']):
-                ref_p, ref_state = ref.groups[gi]['params'][pi], \
-                    ref.state[gi][pi]
+                ref_p = ref.groups[gi]['params'][pi]
+                ref_state = ref.state[gi][pi]
                 assert_close(p.detach(), ref_p, msg=f'step {step} param')
                 state = opt.state[p]
                 assert ('anchor' in state) == ('anchor' in ref_state)
                 if 'anchor' in ref_state:
-                    assert_close(state['anchor'], ref_state['anchor'])
+                    assert state['anchor'].dtype == (anchor_dtype or dtype)
+                    assert_close(state['anchor'].to(dtype),
+                                 ref_state['anchor'])
                 for key in STATE_KEYS:
                     assert (key in state) == (key in ref_state), key
                     if key in ref_state:
-                        assert_close(state[key], ref_state[key],
-                                     msg=f'step {step} {key}')
+                        assert_close(
+                            state[key],
+                            ref_state[key],
+                            msg=f'step {step} {key}')
                 if 'step' in ref_state:
                     assert float(state['step']) == ref_state['step']
-    # The param that never had a gradient never moved and has no state.
-    assert torch.equal(params[4].detach(), make_params()[4].detach())
+    assert torch.equal(params[4].detach(), never_stepped)
     assert len(opt.state[params[4]]) == 0
-    # Groups with rollback 0 keep no anchor (no extra memory).
     assert all('anchor' not in opt.state[p]
                for p in opt.param_groups[2]['params'])
+    return opt, params
 
 
 @pytest.mark.parametrize('impl', list(IMPLS), ids=list(IMPLS))

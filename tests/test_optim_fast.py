@@ -13,9 +13,10 @@ import mmolor.optim.olor as olor_module
 from mmolor.optim import OLORAdam, OLORAdamW, OLORSGD
 from mmolor.optim._helpers import iter_blocks
 from reference import ReferenceOLOR
-from test_optim import (CONFIG_IDS, CONFIGS, LR_FACTORS, OLOR_CLASSES,
-                        STATE_KEYS, TORCH_CLASSES, make_grads, make_groups,
-                        make_params, set_grads)
+from test_optim import (CONFIG_IDS, CONFIGS, OLOR_CLASSES, TORCH_CLASSES,
+                        make_grads, make_params, run_against_reference,
+                        set_grads)
+from test_optim import build_olor as build
 
 # How each fast path is asked for. 'blocked' shrinks the CPU blocks so that
 # tensors are cut into chunks and several tensors share a block.
@@ -49,80 +50,6 @@ def path_log(monkeypatch):
 
     monkeypatch.setattr(olor_module._OLORMixin, '_fast_path', spy)
     return log
-
-
-def build(base, hparams, impl, params, rollbacks=(0.3, 0.5, 0.0, 0.8)):
-    groups = make_groups(params, rollbacks)
-    for g in groups:
-        g['lr'] = hparams['lr'] * g.pop('lr_mult', 1.0)
-    try:
-        return OLOR_CLASSES[base](groups, **hparams, **impl)
-    except RuntimeError as e:  # e.g. a fused kernel this torch lacks
-        pytest.skip(f'{impl} not supported here: {e}')
-
-
-def run_against_reference(base,
-                          hparams,
-                          impl,
-                          dtype=torch.float64,
-                          anchor_dtype=None):
-    """test_optim.test_matches_reference for a fast path; returns the
-    optimizer and params after the last step."""
-    params = make_params(dtype)
-    if anchor_dtype is not None:
-        # Start from values the anchor dtype holds exactly, so its anchors
-        # equal the reference's.
-        with torch.no_grad():
-            for p in params:
-                p.copy_(p.to(anchor_dtype))
-        impl = dict(impl, anchor_dtype=anchor_dtype)
-    never_stepped = params[4].detach().clone()
-    opt = build(base, hparams, impl, params)
-    for g in opt.param_groups:
-        g['initial_lr'] = g['lr']
-    ref = ReferenceOLOR(base, [
-        dict(hparams, **{
-            k: v
-            for k, v in g.items() if k != 'lr'
-        }) for g in opt.param_groups
-    ])
-    base_lrs = [g['lr'] for g in opt.param_groups]
-    index = {id(p): i for i, p in enumerate(params)}
-    gen = torch.Generator().manual_seed(1)
-    for step, factor in enumerate(LR_FACTORS, start=1):
-        grads = make_grads(params, step, gen)
-        set_grads(params, grads)
-        lrs = [lr * factor for lr in base_lrs]
-        for g, lr in zip(opt.param_groups, lrs):
-            g['lr'] = lr
-        opt.step()
-        ref.step([[grads[index[id(p)]] for p in g['params']]
-                  for g in opt.param_groups], lrs)
-        for gi, group in enumerate(opt.param_groups):
-            for pi, p in enumerate(group['params']):
-                ref_p = ref.groups[gi]['params'][pi]
-                ref_state = ref.state[gi][pi]
-                assert_close(p.detach(), ref_p, msg=f'step {step} param')
-                state = opt.state[p]
-                assert ('anchor' in state) == ('anchor' in ref_state)
-                if 'anchor' in ref_state:
-                    assert state['anchor'].dtype == (anchor_dtype or dtype)
-                    assert_close(state['anchor'].to(dtype),
-                                 ref_state['anchor'])
-                for key in STATE_KEYS:
-                    assert (key in state) == (key in ref_state), key
-                    if key in ref_state:
-                        assert_close(
-                            state[key],
-                            ref_state[key],
-                            msg=f'step {step} {key}')
-                if 'step' in ref_state:
-                    assert float(state['step']) == ref_state['step']
-    assert torch.equal(params[4].detach(), never_stepped)
-    assert len(opt.state[params[4]]) == 0
-    assert all('anchor' not in opt.state[p]
-               for p in opt.param_groups[2]['params'])
-    return opt, params
 
 
 @pytest.mark.parametrize('impl', list(FAST_IMPLS))
