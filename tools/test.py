@@ -19,6 +19,7 @@ from mmengine.runner import Runner
 
 import mmolor  # noqa: F401  registries and checkpoint loading
 from mmolor.utils import prepare_dist, setup_scope
+from mmolor.utils.checkpoint import trust_checkpoints
 
 
 def parse_args():
@@ -27,6 +28,14 @@ def parse_args():
         '(mmseg) config; the config\'s default_scope picks the codebase.')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='append',
+        metavar='PATH',
+        help='load this checkpoint even if torch refuses it with '
+        'weights_only=True (which can run code from the file: only for files '
+        'you trust); repeat for more files. Appends to '
+        'MMOLOR_TRUSTED_CHECKPOINTS')
     parser.add_argument(
         '--work-dir',
         help='the directory to save the file containing evaluation metrics; '
@@ -162,6 +171,8 @@ def set_tta(cfg: Config) -> None:
 
 def main():
     args = parse_args()
+    # before the runner loads anything; dist workers inherit it
+    trust_checkpoints(args.trust_checkpoint)
 
     # load config
     cfg = Config.fromfile(args.config)

@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 
 import mmolor  # noqa: F401  registries and checkpoint loading
 from mmolor.utils import has_accelerator, prepare_dist, setup_scope
+from mmolor.utils.checkpoint import trust_checkpoints
 
 
 def parse_args():
@@ -51,6 +52,14 @@ def parse_args():
         help='If specify checkpoint path, resume from it, while if not '
         'specify, try to auto resume from the latest checkpoint '
         'in the work directory.')
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='append',
+        metavar='PATH',
+        help='load this checkpoint even if torch refuses it with '
+        'weights_only=True (which can run code from the file: only for files '
+        'you trust); repeat for more files. Appends to '
+        'MMOLOR_TRUSTED_CHECKPOINTS')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -103,6 +112,8 @@ def enable_amp(cfg: Config) -> None:
 
 def main():
     args = parse_args()
+    # before the runner loads anything; dist workers inherit it
+    trust_checkpoints(args.trust_checkpoint)
 
     # load config
     cfg = Config.fromfile(args.config)

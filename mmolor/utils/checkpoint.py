@@ -15,22 +15,33 @@ loader off:
 1. It allow-lists, process-wide, exactly what such a checkpoint needs:
    ``HistoryBuffer``, numpy's ``ndarray``, ``dtype`` (and the numeric dtype
    classes), ``_reconstruct`` and ``scalar``, and a ``getattr`` that only
-   resolves ``HistoryBuffer``'s own methods.
+   resolves ``HistoryBuffer``'s own methods. Everything else an OpenMMLab
+   checkpoint holds (the config text, class-name tuples, palettes, version
+   strings, ``OrderedDict`` state dicts with ``_metadata``, the ``Counter``
+   of a ``MultiStepLR``) torch already accepts.
 2. It replaces mmengine's local-file checkpoint loader with
-   :func:`load_from_local`, which loads with ``weights_only=True`` and,
-   only when that is refused, loads the user's own file again with
-   ``weights_only=False`` and logs a warning naming the file and the reason.
+   :func:`load_from_local`, which loads with ``weights_only=True``. A file
+   torch refuses is NOT loaded: :class:`UntrustedCheckpointError` names the
+   file, the global torch refused and the ways to trust it. Only files the
+   user names in ``MMOLOR_TRUSTED_CHECKPOINTS`` (``--trust-checkpoint PATH``
+   of ``tools/train.py`` / ``tools/test.py`` appends there), or every file
+   with torch's own ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, are loaded with
+   ``weights_only=False``.
 
 Remote checkpoints (``http://``, ``open-mmlab://``, ...) keep mmengine's
-loaders and torch's default, with the allow-list above. Neither torch's
-default nor ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is touched.
+loaders and torch's default, with the allow-list above: torch refuses what
+it does not accept, unless ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set.
+Neither torch's default nor that variable is touched.
 """
 import inspect
 import io
 import logging
+import os
 import os.path as osp
 import pickle
-from typing import Any, Callable, List, Optional, Tuple, Union
+import re
+import shlex
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,7 +49,19 @@ from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.utils import digit_version
 
-__all__ = ['patch_checkpoint_loading', 'load_from_local']
+__all__ = [
+    'patch_checkpoint_loading', 'load_from_local', 'trust_checkpoints',
+    'trusted_checkpoints', 'UntrustedCheckpointError', 'TRUST_ENV'
+]
+
+# The files a user trusts to be loaded with weights_only=False, separated
+# by os.pathsep. Read at each load, so that dist workers and code that sets
+# it after `import mmolor` see it too.
+TRUST_ENV = 'MMOLOR_TRUSTED_CHECKPOINTS'
+# torch's own switch, honoured by torch only when the caller leaves
+# `weights_only` unset; `load_from_local` passes it, so it checks it here.
+_TORCH_FULL_LOAD_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+_TRUE_VALUES = ('1', 'y', 'yes', 'true')
 
 # numpy's pickles name these by module path; numpy 2 moved `numpy.core` to
 # `numpy._core`, so both spellings may appear in a checkpoint.
@@ -49,6 +72,50 @@ _NUMPY_DTYPE_CODES = ('?', 'b', 'B', 'h', 'H', 'i', 'I', 'l', 'L', 'q', 'Q',
                       'e', 'f', 'd', 'g', 'F', 'D', 'G')
 
 _patched = False
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint that ``weights_only=True`` refuses, and nobody trusts.
+
+    Nothing in the file has run: torch's restricted unpickler read it and
+    stopped at the first object it may not create. The message names the
+    file, what torch refused and the ways to trust the file.
+
+    Attributes:
+        filename (str): The checkpoint.
+        refused (str | None): The global torch refused, e.g.
+            ``'builtins.exec'``; None when torch's refusal names none.
+        reason (str): torch's reason, first sentence.
+    """
+
+    def __init__(self,
+                 filename: str,
+                 refused: Optional[str],
+                 reason: str = '') -> None:
+        self.filename = filename
+        self.refused = refused
+        self.reason = reason
+        if refused is not None:
+            what = (f'the global {refused}, which neither torch nor mmolor '
+                    'allow-lists')
+        else:
+            what = f'the file ({reason})'
+        quoted = shlex.quote(filename)
+        super().__init__(
+            f'Checkpoint {filename} was not loaded: with weights_only=True '
+            f'torch refuses {what}. Loading it fully would let the file run '
+            'code; nothing in it has run. Load it only if you trust its '
+            'source, with one of:\n'
+            f'  --trust-checkpoint {quoted}   (tools/train.py and '
+            'tools/test.py; repeat it for more files)\n'
+            f'  {TRUST_ENV}={quoted}   (files separated by '
+            f'{os.pathsep!r}; any tool that imports mmolor)\n'
+            f'  {_TORCH_FULL_LOAD_ENV}=1   (torch\'s own switch: every '
+            'checkpoint is loaded fully)')
+
+    def __reduce__(self) -> Tuple[type, Tuple[str, Optional[str], str]]:
+        # Keep the arguments when the error crosses processes.
+        return type(self), (self.filename, self.refused, self.reason)
 
 
 def _history_buffer_getattr(obj: Any, name: str) -> Callable:
@@ -113,32 +180,75 @@ def _named_globals_supported(named: List[Tuple[Any, str]]) -> bool:
     return loaded.get('min') is HistoryBuffer.min
 
 
-def _unpickling_reason(error: Exception) -> str:
-    """The line of torch's long weights-only message that says why."""
-    for line in str(error).splitlines():
-        line = line.strip()
-        if line.startswith('WeightsUnpickler error:'):
-            # Keep the first sentence; the rest is torch's advice.
-            line = line[len('WeightsUnpickler error:'):].strip()
-            return line.split('. ')[0].rstrip('.')
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+def _refused_global(error: Exception) -> Tuple[Optional[str], str]:
+    """The global torch's weights-only unpickler refused, and its reason.
+
+    torch writes ``GLOBAL builtins.exec`` as ``GLOBAL exec``; the builtins
+    prefix is put back. A refusal that names no global (a ``getattr`` this
+    module does not resolve, an object it may not build) gives None.
+    """
+    # torch wraps the unpickler's own message in advice (to pass
+    # `weights_only=False`) and a link to its docs; keep the message.
+    message = str(error).split('\n\nCheck the documentation')[0]
+    if 'WeightsUnpickler error:' in message:
+        reason = message.split('WeightsUnpickler error:', 1)[1]
+    elif '\n\n' in message:
+        reason = message.rsplit('\n\n', 1)[1]
+    else:
+        reason = message.replace('Weights only load failed.', '', 1)
+    reason = ' '.join(reason.split()).split('. ')[0].rstrip('.')
+    reason = reason or type(error).__name__
+    match = re.search(r'GLOBAL (\S+)', message)
+    if match is None:
+        return None, reason
+    name = match.group(1)
+    return (name if '.' in name else f'builtins.{name}'), reason
+
+
+def trusted_checkpoints() -> List[str]:
+    """The real paths of the files named in ``MMOLOR_TRUSTED_CHECKPOINTS``."""
+    value = os.environ.get(TRUST_ENV, '')
+    return [
+        osp.realpath(osp.expanduser(path)) for path in value.split(os.pathsep)
+        if path
+    ]
+
+
+def trust_checkpoints(paths: Optional[Iterable[str]]) -> None:
+    """Add files to ``MMOLOR_TRUSTED_CHECKPOINTS`` for this process.
+
+    What ``--trust-checkpoint PATH`` of ``tools/train.py`` and
+    ``tools/test.py`` calls before the runner is built; child processes
+    (dataloader workers, ``torchrun`` ranks started from here) inherit the
+    variable. Paths are made absolute, so a later ``chdir`` does not change
+    which file is trusted.
+
+    Args:
+        paths (Iterable[str], optional): Checkpoint files; None or empty
+            changes nothing.
+    """
+    added = [osp.abspath(osp.expanduser(path)) for path in paths or ()]
+    if not added:
+        return
+    current = [p for p in os.environ.get(TRUST_ENV, '').split(os.pathsep) if p]
+    os.environ[TRUST_ENV] = os.pathsep.join(current + added)
 
 
 def load_from_local(
         filename: str,
         map_location: Optional[Union[str, Callable,
                                      torch.device]] = None) -> Any:
-    """Load a checkpoint from a local file, safely when possible.
+    """Load a checkpoint from a local file with ``weights_only=True``.
 
-    The drop-in replacement of mmengine's ``load_from_local``: it first
-    loads with ``weights_only=True`` (with the allow-list of
-    :func:`patch_checkpoint_loading`). If torch refuses an object in the
-    file, the file is loaded again with ``weights_only=False`` and a
-    warning names the file and the refused object. This only happens for
-    local files, i.e. the checkpoint a user passes with ``--resume``,
-    ``load_from`` or a ``Pretrained`` init_cfg; a file downloaded from a URL
-    never gets the full load.
+    The drop-in replacement of mmengine's ``load_from_local``, which every
+    ``load_from``, ``--resume`` and ``Pretrained`` init_cfg with a local
+    path goes through. It loads with ``weights_only=True`` (with the
+    allow-list of :func:`patch_checkpoint_loading`); a file torch refuses
+    raises :class:`UntrustedCheckpointError` and nothing in it runs. Only a
+    file the user trusts is loaded with ``weights_only=False``: one named in
+    ``MMOLOR_TRUSTED_CHECKPOINTS`` (compared by real path), or any file
+    when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set (torch then loads it
+    fully and warns, as it does for a plain ``torch.load``).
 
     Args:
         filename (str): Local checkpoint path; ``~`` is expanded.
@@ -147,22 +257,34 @@ def load_from_local(
 
     Returns:
         Any: The loaded checkpoint (usually a dict).
+
+    Raises:
+        FileNotFoundError: There is no such file.
+        UntrustedCheckpointError: torch refuses the file with
+            ``weights_only=True`` and the user has not trusted it.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    if os.environ.get(_TORCH_FULL_LOAD_ENV, '0').lower() in _TRUE_VALUES:
+        # Leave `weights_only` unset: torch's switch applies and torch warns.
+        return torch.load(filename, map_location=map_location)
+    if osp.realpath(filename) in trusted_checkpoints():
+        print_log(
+            f'Loading checkpoint {filename} with weights_only=False: it is '
+            f'trusted in {TRUST_ENV}.',
+            logger='current',
+            level=logging.INFO)
+        return torch.load(
+            filename, map_location=map_location, weights_only=False)
     try:
         return torch.load(
             filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = _unpickling_reason(error)
-    print_log(
-        f'Checkpoint {filename} cannot be loaded with weights_only=True '
-        f'({reason}). Loading it with weights_only=False instead, which can '
-        'run arbitrary code: do this only with files you trust.',
-        logger='current',
-        level=logging.WARNING)
-    return torch.load(filename, map_location=map_location, weights_only=False)
+        # `from None`: torch's message advises `weights_only=False`, which
+        # is not how a user of mmengine's tools trusts a file.
+        raise UntrustedCheckpointError(filename,
+                                       *_refused_global(error)) from None
 
 
 def patch_checkpoint_loading() -> bool:
@@ -175,7 +297,8 @@ def patch_checkpoint_loading() -> bool:
     ``Runner.resume``, ``Runner.load_checkpoint``, ``load_from`` and
     ``Pretrained`` init_cfgs work in mmengine's, mmdet's and mmseg's own
     tools once ``mmolor`` is imported (``custom_imports=dict(
-    imports=['mmolor'])``). Calling it again does nothing. On torch < 2.6,
+    imports=['mmolor'])``), and refuse files that need anything else unless
+    the user trusts them. Calling it again does nothing. On torch < 2.6,
     whose ``torch.load`` still defaults to ``weights_only=False``, nothing
     is changed.
 
@@ -193,13 +316,13 @@ def patch_checkpoint_loading() -> bool:
         torch.serialization.add_safe_globals(named)
     else:
         # Without named entries a checkpoint with a message hub cannot be
-        # loaded safely; `load_from_local` then falls back with a warning.
+        # loaded safely; `load_from_local` then refuses it until trusted.
         print_log(
             'This torch does not accept (object, name) entries in '
             'add_safe_globals; mmengine checkpoints with a message hub '
-            'will be loaded with weights_only=False, with a warning.',
+            f'need --trust-checkpoint or {TRUST_ENV} to load.',
             logger='current',
-            level=logging.DEBUG)
+            level=logging.WARNING)
     CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local, force=True)
     _patched = True
