@@ -1,14 +1,15 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-"""OLOR's fast paths (blocked multi-tensor, compiled) and ``anchor_dtype``,
-against the literal reference with the tolerances of test_optim.py."""
+"""OLOR's fast paths (blocked multi-tensor, fused CPU kernel) and
+``anchor_dtype``, against the literal reference with the tolerances of
+test_optim.py."""
 import copy
 import pickle
-import shutil
 
 import pytest
 import torch
 from torch.testing import assert_close
 
+import mmolor.optim._functional as functional
 import mmolor.optim.olor as olor_module
 from mmolor.optim import OLORAdam, OLORAdamW, OLORSGD
 from mmolor.optim._helpers import iter_blocks
@@ -24,14 +25,12 @@ FAST_IMPLS = dict(
     foreach=dict(foreach=True),
     default=dict(),
     blocked=dict(foreach=True),
-    compiled=dict(compiled='eager'),
-    compiled_fused=dict(compiled='eager', fused=True),
 )
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(olor_module, '_CPU_BLOCK_NUMEL', 5)
+    monkeypatch.setattr(functional, 'CPU_BLOCK_NUMEL', 5)
 
 
 @pytest.fixture
@@ -59,15 +58,11 @@ def test_fast_paths_match_reference(base, hparams, impl, request, path_log):
     path the rolling-back groups really took."""
     if impl == 'blocked':
         request.getfixturevalue('small_blocks')
-    if impl.startswith('compiled'):
-        torch._dynamo.reset()
     opt, _ = run_against_reference(base, hparams, FAST_IMPLS[impl])
-    # torch 2.13 has fused CPU kernels: the fused path really ran.
+    # torch >= 2.4 has fused CPU kernels: the fused path really ran.
     assert not getattr(opt, '_fused_failed', False)
 
     def expected(contiguous):
-        if impl.startswith('compiled'):
-            return 'compiled'
         # foreach=None on the CPU: torch's fused kernel where it can read
         # the tensors, OLOR's multi-tensor update elsewhere.
         return 'fused' if impl == 'default' and contiguous else 'foreach'
@@ -85,8 +80,7 @@ def test_fast_paths_match_reference(base, hparams, impl, request, path_log):
 
 @pytest.mark.parametrize('anchor_dtype',
                          [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize(
-    'impl', ['forloop', 'foreach', 'default', 'fused', 'compiled'])
+@pytest.mark.parametrize('impl', ['forloop', 'foreach', 'default', 'fused'])
 @pytest.mark.parametrize('base', ['adamw', 'sgd'])
 def test_anchor_dtype_matches_reference(base, impl, anchor_dtype):
     """Anchors kept in another dtype: stored in it, same update on every
@@ -96,9 +90,7 @@ def test_anchor_dtype_matches_reference(base, impl, anchor_dtype):
         forloop=dict(foreach=False),
         foreach=dict(foreach=True),
         default=dict(),
-        fused=dict(fused=True),
-        compiled=dict(compiled='eager'))[impl]
-    torch._dynamo.reset()
+        fused=dict(fused=True))[impl]
     run_against_reference(
         base, hparams, impl_kwargs, anchor_dtype=anchor_dtype)
 
@@ -169,10 +161,11 @@ def test_bad_anchor_dtype(value):
                   lr=0.1)
 
 
-@pytest.mark.parametrize('value', [1, None, ''])
-def test_bad_compiled(value):
-    with pytest.raises(TypeError, match=r'Invalid compiled: '):
-        OLORSGD([torch.zeros(2, requires_grad=True)], lr=0.1, compiled=value)
+def test_compiled_is_gone():
+    """``compiled=`` (the torch.compile'd update) was removed: slower than
+    the fused CPU kernel in every measurement. Asking for it says so."""
+    with pytest.raises(TypeError, match=r'no longer take `compiled`'):
+        OLORSGD([torch.zeros(2, requires_grad=True)], lr=0.1, compiled=True)
 
 
 def test_iter_blocks_covers_every_element_once():
@@ -218,18 +211,14 @@ def test_blocked_matches_forloop(base, small_blocks):
             assert_close(o1.state[a][key], o2.state[b][key])
 
 
-@pytest.mark.parametrize('impl', ['foreach', 'default', 'compiled'])
+@pytest.mark.parametrize('impl', ['foreach', 'default'])
 @pytest.mark.parametrize('base,hparams', CONFIGS, ids=CONFIG_IDS)
 def test_rollback_zero_groups_stay_torch_bitwise(base, hparams, impl):
     """Groups that do not roll back are torch's optimizer bit for bit, also
     when other groups of the same optimizer take a fast path."""
-    torch._dynamo.reset()
     params = make_params(torch.float32)
     twin_params = [p.detach().clone().requires_grad_() for p in params]
-    kwargs = dict(
-        foreach=dict(foreach=True),
-        default=dict(),
-        compiled=dict(compiled='eager'))[impl]
+    kwargs = dict(foreach=dict(foreach=True), default=dict())[impl]
     opt = build(base, hparams, kwargs, params)
     twin_groups = [dict(params=twin_params[3:5], lr=opt.param_groups[2]['lr'])]
     twin = TORCH_CLASSES[base](twin_groups, **hparams,
@@ -262,67 +251,30 @@ def test_sgd_fast_path_leaves_grads_alone():
         assert torch.equal(p.grad, torch.ones(6, dtype=torch.float64))
 
 
-def test_compile_failure_warns_and_falls_back():
-    """A backend that cannot compile: a warning, the same numbers (eager),
-    and later steps take the eager fast path."""
-    torch._dynamo.reset()
-    results = []
-    for compiled in (False, 'no_such_backend'):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(4, 3).double()
-        opt = OLORAdamW(
-            model.parameters(), lr=0.1, rollback=0.1, compiled=compiled)
-        for i in range(3):
-            opt.zero_grad()
-            model(torch.ones(2, 4, dtype=torch.float64)).sum().backward()
-            if compiled and i == 0:
-                with pytest.warns(
-                        UserWarning, match='compiled update '
-                        'failed'):
-                    opt.step()
-            else:
-                opt.step()
-        results.append([p.detach().clone() for p in model.parameters()])
-    assert getattr(opt, '_compile_failed', False)
-    for a, b in zip(*results):
-        assert_close(a, b, rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.parametrize('impl', ['foreach', 'compiled'])
+@pytest.mark.parametrize('impl', ['foreach', 'fused'])
 def test_per_parameter_groups_are_batched(impl, monkeypatch):
-    """mmengine's one-group-per-parameter layout: the compiled update is
-    one call per step for all groups; the multi-tensor update one call per
-    set of equal hyper-parameters. Per-group lr and rollback still apply.
+    """mmengine's one-group-per-parameter layout: the multi-tensor update
+    and the fused kernel run once per set of equal hyper-parameters, not
+    once per group. Per-group lr and rollback still apply.
     """
-    torch._dynamo.reset()
     calls = []
-    if impl == 'compiled':
-        real = olor_module.compiled
+    name = f'_{"multi_tensor" if impl == "foreach" else "fused"}_kernel'
+    kernel = getattr(olor_module._OLORAdamMixin, name)
 
-        def spy(fn, backend):
-            compiled_fn = real(fn, backend)
+    def spy_kernel(*args, **kwargs):
+        calls.append(len(args[0]))
+        return kernel(*args, **kwargs)
 
-            def call(*args, **kwargs):
-                calls.append(len(args[0]))
-                return compiled_fn(*args, **kwargs)
-
-            return call
-
-        monkeypatch.setattr(olor_module, 'compiled', spy)
-        kwargs = dict(compiled='eager')
-        expected = [7]
-    else:
-        kernel = olor_module._multi_tensor_olor_adam
-
-        def spy_kernel(*args, **kwargs):
-            calls.append(len(args[0]))
-            return kernel(*args, **kwargs)
-
-        monkeypatch.setattr(olor_module._OLORAdamMixin, '_multi_tensor_kernel',
-                            staticmethod(spy_kernel))
+    monkeypatch.setattr(olor_module._OLORAdamMixin, name,
+                        staticmethod(spy_kernel))
+    if impl == 'foreach':
         kwargs = dict(foreach=True)
+        params = make_params()
         expected = [3, 2, 2]  # (lr, rollback) pairs shared by 3, 2, 2
-    params = make_params()
+    else:  # OLOR's kernel: float32, contiguous
+        kwargs = dict(fused=True)
+        params = make_params(torch.float32)[:6]
+        expected = [2, 2, 2]
     groups = [
         dict(params=[p], rollback=0.1 * (1 + i % 3), lr=0.01 * (1 + i % 3))
         for i, p in enumerate(params)
@@ -341,17 +293,6 @@ def test_per_parameter_groups_are_batched(impl, monkeypatch):
     assert calls == expected * 4
     for p, g in zip(params, ref.groups):
         assert_close(p.detach(), g['params'][0])
-
-
-@pytest.mark.skipif(
-    shutil.which('g++') is None and shutil.which('c++') is None,
-    reason='inductor needs a C++ compiler on the CPU')
-def test_compiled_inductor_matches_reference():
-    """The real compiler (inductor), on a few small tensors."""
-    torch._dynamo.reset()
-    for base in ('adamw', 'sgd'):
-        hparams = dict(CONFIGS[[b for b, _ in CONFIGS].index(base)][1])
-        run_against_reference(base, hparams, dict(compiled=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -453,7 +394,7 @@ def kernel_calls(monkeypatch):
             fn = getattr(kernel, name)
             return lambda *args: (calls.append(name), fn(*args))[1]
 
-    monkeypatch.setattr(olor_module, 'cpu_kernel', lambda: Counting())
+    monkeypatch.setattr(functional, 'cpu_kernel', lambda: Counting())
     return calls
 
 

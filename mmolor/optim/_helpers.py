@@ -6,12 +6,11 @@ dtype with private functions of ``torch.optim.optimizer``. They have been
 stable since torch 2.0, but they are private: if an import fails, mmolor
 falls back to the single-tensor path instead of failing.
 
-The module also holds the bookkeeping of OLOR's fast paths: splitting tensor
-lists into cache-sized blocks and caching ``torch.compile``'d functions.
+The module also holds the bookkeeping of OLOR's multi-tensor update:
+splitting tensor lists into cache-sized blocks.
 """
 from collections import defaultdict
-from typing import (Callable, Dict, Iterator, List, Optional, Sequence, Tuple,
-                    Union)
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -28,10 +27,9 @@ try:
 except ImportError:  # pragma: no cover - depends on the torch version
     _torch_group_by_device_and_dtype = None
 
-# Devices whose tensors OLOR's own multi-tensor update handles. torch's
+# OLOR's own multi-tensor update handles CPU and CUDA tensors. torch's
 # foreach kernels run on the CPU too (one ATen call per tensor), but torch
 # only picks them by default on CUDA-like devices.
-_FAST_DEVICES = ('cpu', 'cuda')
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 GroupedLists = Dict[Tuple[torch.device, torch.dtype], Tuple[List[Tensor], ...]]
@@ -82,19 +80,21 @@ def group_by_device_and_dtype(params: List[Tensor], *others:
 
 
 def fast_path_supports(params: Sequence[Tensor]) -> bool:
-    """Whether OLOR's own multi-tensor / compiled update handles ``params``.
+    """Whether OLOR's own multi-tensor / fused update handles ``params``.
 
     Plain dense real floating-point tensors (and their grads) on the CPU or
     CUDA; anything else (complex, sparse, subclasses, other devices) takes
     torch's step followed by the review.
     """
+    # Runs every step for every parameter, so it asks only what torch does
+    # not guarantee: assigning ``p.grad`` already checks that the grad has
+    # the param's dtype and device (comparing torch.device objects would
+    # triple the cost of this loop).
     for p in params:
         grad = p.grad
-        if (type(p) not in _PLAIN_TYPES or p.device.type not in _FAST_DEVICES
-                or not p.is_floating_point() or p.layout != torch.strided
-                or grad is None or type(grad) is not Tensor
-                or grad.layout != torch.strided or grad.device != p.device
-                or grad.dtype != p.dtype):
+        if (type(p) not in _PLAIN_TYPES or type(grad) is not Tensor
+                or not (p.is_cpu or p.is_cuda) or not p.is_floating_point()
+                or p.layout != torch.strided or grad.layout != torch.strided):
             return False
     return True
 
@@ -156,22 +156,3 @@ def iter_blocks(
     if cur_t[0]:
         yield cur_t, cur_s
 
-
-_COMPILED: Dict[Tuple[Callable, str], Callable] = {}
-
-
-def compiled(fn: Callable, backend: Union[bool, str]) -> Callable:
-    """``torch.compile(fn)`` with a whole graph and static shapes, cached.
-
-    Args:
-        fn (Callable): The function to compile.
-        backend (bool | str): ``True`` for inductor, else a backend name
-            that :func:`torch.compile` accepts (``'eager'`` traces with
-            dynamo and runs the captured graph with eager kernels).
-    """
-    name = 'inductor' if backend is True else str(backend)
-    key = (fn, name)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(
-            fn, backend=name, fullgraph=True, dynamic=False)
-    return _COMPILED[key]

@@ -3,8 +3,8 @@
 
 For the parameters of real backbones built from the mmdet / mmseg
 registries (ResNet-50, Swin-T, ViT-B by default), each OLOR optimizer is
-timed against its torch twin in the same mode (for-loop, foreach, fused;
-OLOR also compiled), in interleaved rounds after a warm-up: round i steps
+timed against its torch twin in the same mode (for-loop, foreach, fused,
+no flag), in interleaved rounds after a warm-up: round i steps
 the twin then OLOR, round i+1 the other way round. The table gives the
 median ms per step of each and the median and quartiles of the per-round
 ratios, so load that comes and goes on a shared machine hits both alike.
@@ -13,36 +13,38 @@ the usual per-parameter loop. Optimizer state is measured from
 ``optimizer.state`` (bytes of every tensor in it, per parameter element).
 
 Rows: ``for-loop`` / ``foreach`` / ``fused`` pass ``foreach=False`` /
-``foreach=True`` / ``fused=True`` to both; ``compiled`` is OLOR with
-``fused=True, compiled=True`` against torch's fused step; ``default`` passes
-neither (torch then loops over the tensors on the CPU). On the CPU OLOR's
-rolling-back groups take OLOR's fused CPU kernel in both ``fused`` and
-``default`` (step and review in one pass; torch's fused kernel and then the
-review where it cannot be built, see ``MMOLOR_CPU_KERNEL``); ``bf16 anchor``
+``foreach=True`` / ``fused=True`` to both; ``default`` passes neither (torch
+then loops over the tensors on the CPU). On the CPU OLOR's rolling-back
+groups take OLOR's fused CPU kernel in both ``fused`` and ``default`` (step
+and review in one pass; torch's fused kernel and then the review where
+mmolor was installed without it or ``MMOLOR_CPU_KERNEL=0`` is set; the
+first line printed says which); ``bf16 anchor``
 adds ``anchor_dtype='bfloat16'``; the AdamB rows put OLOR-AdamW (weight decay
 0, as AdamB has none) against the per-parameter AdamB loop. Columns: median ms
 per step of the twin and of OLOR, the median [first-third quartile] of the
-per-round ratios OLOR / twin, and the bytes of optimizer state per parameter
-element. Every parameter rolls back (rollback 0.01), so OLOR's state holds one
-anchor per parameter.
+per-round ratios OLOR / twin, the bytes of optimizer state per parameter
+element, and the number of threads torch ran on (``torch.get_num_threads()``:
+torch's default unless ``--threads`` says otherwise). Every parameter rolls
+back (rollback 0.01), so OLOR's state holds one anchor per parameter.
 
 Optional sections: how far a run whose anchors are kept in bfloat16 drifts
 from the float32-anchored run (``--drift-steps``), and the training
 iteration time of a small Mask R-CNN with OLOR-AdamW against AdamW
 (``--e2e``).
 
-Examples (times on a shared 2-core CPU, one thread):
-    python tools/analysis_tools/benchmark_optimizer.py --threads 1  # ~3 min
-    python tools/analysis_tools/benchmark_optimizer.py --quick      # ~40 s
-    # ~6.5 min, more while inductor's cache is cold:
-    python tools/analysis_tools/benchmark_optimizer.py --threads 1 \
-        --compiled --e2e
+Examples (times on a shared 2-core CPU):
+    # torch's default thread count (2 here), as training runs; ~3 min
+    python tools/analysis_tools/benchmark_optimizer.py
+    python tools/analysis_tools/benchmark_optimizer.py --threads 1
+    python tools/analysis_tools/benchmark_optimizer.py --quick  # ~40 s
+    python tools/analysis_tools/benchmark_optimizer.py --e2e    # + ~3 min
 """
 import argparse
 import copy
 import logging
 import math
 import os
+import os.path as osp
 import platform
 import shutil
 import statistics
@@ -56,6 +58,7 @@ from torch.optim import SGD, AdamW, Optimizer
 
 import mmolor  # noqa: F401  registries and version checks
 from mmolor.optim import OLORAdamW, OLORSGD
+from mmolor.optim._cpu_kernel import cpu_kernel, cpu_kernel_error
 
 BACKBONES = {
     'resnet50': ('mmdet', dict(type='ResNet', depth=50)),
@@ -174,16 +177,10 @@ def time_pair(make_twin: Callable, make_olor: Callable, params: List[Tensor],
               steps: int, warmup: int, device: str) -> Dict:
     """Interleaved rounds of ``twin.step()`` and ``olor.step()``."""
     twin, olor = make_twin(params), make_olor(params)
-    # The slowest warm-up step of each (for OLOR with `compiled`, the step
-    # that compiles: SGD's first step creates the momentum buffers first).
-    slowest = [0.0, 0.0]
     for _ in range(warmup):
-        for k, opt in ((0, twin), (1, olor)):
-            sync(device)
-            start = time.perf_counter()
+        for opt in (twin, olor):
             opt.step()
-            sync(device)
-            slowest[k] = max(slowest[k], time.perf_counter() - start)
+    sync(device)
     times: Tuple[List[float], List[float]] = ([], [])
     for i in range(steps):
         order = ((0, twin), (1, olor)) if i % 2 == 0 else ((1, olor), (0,
@@ -202,8 +199,7 @@ def time_pair(make_twin: Callable, make_olor: Callable, params: List[Tensor],
         q1=ratios[len(ratios) // 4],
         q3=ratios[(3 * len(ratios)) // 4],
         twin_bytes=state_bytes_per_param(twin, params),
-        olor_bytes=state_bytes_per_param(olor, params),
-        slowest_warmup_ms=[1e3 * t for t in slowest])
+        olor_bytes=state_bytes_per_param(olor, params))
     del twin, olor
     return result
 
@@ -220,11 +216,6 @@ def pairs(args) -> List[Tuple[str, str, str, Callable, Callable]]:
         out.append(('AdamW', mode, 'torch AdamW',
                     lambda p, f=flags: AdamW(p, **ADAMW, **f),
                     lambda p, f=flags: OLORAdamW(p, **olor_adamw, **f)))
-    if args.compiled:
-        out.append(
-            ('AdamW', 'compiled', 'torch AdamW fused',
-             lambda p: AdamW(p, **ADAMW, fused=True),
-             lambda p: OLORAdamW(p, **olor_adamw, fused=True, compiled=True)))
     out.append(
         ('AdamW', 'default', 'torch AdamW default',
          lambda p: AdamW(p, **ADAMW), lambda p: OLORAdamW(p, **olor_adamw)))
@@ -235,11 +226,6 @@ def pairs(args) -> List[Tuple[str, str, str, Callable, Callable]]:
         out.append(('SGD', mode, 'torch SGD',
                     lambda p, f=flags: SGD(p, **SGD_ARGS, **f),
                     lambda p, f=flags: OLORSGD(p, **olor_sgd, **f)))
-    if args.compiled:
-        out.append(
-            ('SGD', 'compiled', 'torch SGD fused',
-             lambda p: SGD(p, **SGD_ARGS, fused=True),
-             lambda p: OLORSGD(p, **olor_sgd, fused=True, compiled=True)))
     # OLOR-AdamW against the authors' formulation (weight decay 0 in both,
     # as AdamB has none).
     for mode, flags in [('default', {}), ('fused', dict(fused=True))]:
@@ -268,33 +254,35 @@ def bench_backbones(args) -> List[Dict]:
                 print(f'  {optimizer} {mode}: skipped ({e})')
                 continue
             res.update(
-                backbone=name, optimizer=optimizer, mode=mode, twin=twin_name)
+                backbone=name,
+                optimizer=optimizer,
+                mode=mode,
+                twin=twin_name,
+                threads=torch.get_num_threads())
             rows.append(res)
-            extra = ''
-            if mode == 'compiled':
-                compile_s = res['slowest_warmup_ms'][1] / 1e3
-                extra = f' (compiling step: {compile_s:.0f} s)'
             print(
                 f'  {optimizer:5s} {mode:22s} {twin_name:22s} '
                 f'{res["twin_ms"]:8.1f} ms  OLOR {res["olor_ms"]:8.1f} ms  '
-                f'x{res["ratio"]:.3f} [{res["q1"]:.3f}-{res["q3"]:.3f}]'
-                f'{extra}',
+                f'x{res["ratio"]:.3f} [{res["q1"]:.3f}-{res["q3"]:.3f}]',
                 flush=True)
         del params
     return rows
 
 
-def print_table(rows: List[Dict]) -> None:
-    print('\n| backbone | optimizer | mode | twin | twin ms | OLOR ms | '
-          'OLOR / twin (median [q1-q3]) | state B/param twin -> OLOR |')
-    print('|---|---|---|---|---:|---:|---:|---:|')
+def print_table(rows: List[Dict], threads_note: str) -> None:
+    print(f'\nThreads: {threads_note}')
+    print('\n| backbone | optimizer | mode | threads | twin | twin ms | '
+          'OLOR ms | OLOR / twin (median [q1-q3]) | '
+          'state B/param twin -> OLOR |')
+    print('|---|---|---|---:|---|---:|---:|---:|---:|')
     for r in rows:
         ratio = f'{r["ratio"]:.3f} [{r["q1"]:.3f}-{r["q3"]:.3f}]'
         if r['twin'].startswith('AdamB'):
             ratio += f' ({1 / r["ratio"]:.1f}x faster)'
         print(f'| {r["backbone"]} | {r["optimizer"]} | {r["mode"]} | '
-              f'{r["twin"]} | {r["twin_ms"]:.1f} | {r["olor_ms"]:.1f} | '
-              f'{ratio} | {r["twin_bytes"]:.2f} -> {r["olor_bytes"]:.2f} |')
+              f'{r["threads"]} | {r["twin"]} | {r["twin_ms"]:.1f} | '
+              f'{r["olor_ms"]:.1f} | {ratio} | '
+              f'{r["twin_bytes"]:.2f} -> {r["olor_bytes"]:.2f} |')
 
 
 def anchor_drift(args) -> None:
@@ -519,19 +507,12 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         type=int,
         default=3,
         help='untimed steps of each optimizer first (default 3; the first '
-        'step creates the state, and compiles with --compiled)')
+        'step creates the state)')
     parser.add_argument(
         '--device',
         default='cuda' if torch.cuda.is_available() else 'cpu',
         choices=['cpu', 'cuda'],
         help='where the parameters live (default: cuda when available)')
-    parser.add_argument(
-        '--compiled',
-        action='store_true',
-        help='also time OLOR with compiled=True (torch.compile of the '
-        'combined update) against torch\'s fused step; the first step '
-        'compiles, about a minute per backbone on a CPU, less with a warm '
-        'inductor cache')
     parser.add_argument(
         '--skip-table',
         action='store_true',
@@ -569,7 +550,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument(
         '--threads',
         type=int,
-        help='torch.set_num_threads (default: torch\'s choice)')
+        help='torch.set_num_threads(THREADS) first (default: leave torch\'s '
+        'default, as a training process has it; the table prints the count)')
     parser.add_argument(
         '--quick',
         action='store_true',
@@ -583,6 +565,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         args.e2e_iters, args.e2e_warmup = 4, 1
     if args.warmup < 1:
         parser.error('--warmup must be at least 1')
+    if args.threads is not None and args.threads < 1:
+        parser.error('--threads must be at least 1')
     return args
 
 
@@ -592,12 +576,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # warns about every frozen parameter.
     from mmengine.logging import MMLogger
     MMLogger.get_instance('mmengine').setLevel(logging.ERROR)
-    if args.threads:
+    default_threads = torch.get_num_threads()
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
+        threads_note = (f'{torch.get_num_threads()} (--threads; torch\'s '
+                        f'default here is {default_threads})')
+    else:
+        threads_note = f'{default_threads} (torch\'s default)'
     print(f'Machine: {describe_machine(args.device)}')
+    print(f'Threads: {threads_note}')
+    kernel = cpu_kernel()
+    if kernel is not None:
+        print('OLOR fused CPU kernel: installed, parallel regions on '
+              f'{kernel.parallel_threads()} thread(s) '
+              f'({osp.basename(kernel.__file__)})')
+    else:
+        print('OLOR fused CPU kernel: unavailable '
+              f'({cpu_kernel_error()}); the fused rows take torch\'s fused '
+              'step and the review')
     start = time.time()
     if not args.skip_table:
-        print_table(bench_backbones(args))
+        print_table(bench_backbones(args), threads_note)
     if args.drift_steps > 0:
         anchor_drift(args)
     if args.e2e:
