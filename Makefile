@@ -6,8 +6,11 @@
 #
 # The install is idempotent: a stamp file records the last successful run and
 # is refreshed whenever setup.py or this Makefile change. mmcv 2.1.0 has no
-# wheel on PyPI; it is built from source with its C++ ops once (~15 min on
-# 2 cores) and pip's wheel cache makes later installs take seconds.
+# wheel on PyPI; it is built from source with its C++ ops against the
+# installed torch (~15 min on 2 cores) and kept in a wheel folder named
+# after that torch version, so later installs take seconds and a torch
+# change never reuses an mmcv built against another torch (pip's own wheel
+# cache keys mmcv by mmcv's version only).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,6 +19,10 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.mmolor-installed
 MAX_JOBS ?= 2
 PYTEST_ARGS ?=
+TORCH := 2.14.1
+TORCHVISION := 0.29.1
+MMCV := 2.1.0
+MMCV_WHEELS ?= $(HOME)/.cache/mmolor/wheels/mmcv-$(MMCV)-torch-$(TORCH)
 
 .PHONY: install test demo clean-venv
 
@@ -23,24 +30,33 @@ install: $(STAMP)
 
 $(STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch first: the machine's CPU wheel (a bare 'torch' would pull CUDA).
-	$(PIP) install --upgrade 'pip<26' wheel ninja 'torch==2.13.0' 'numpy<2'
+	# torch 2.14.1 + torchvision 0.29.1: the pair that imports mmpretrain and
+	# timm (torchvision has no build for the CPU-only torch wheels).
+	$(PIP) install --upgrade 'pip<26' wheel ninja 'torch==$(TORCH)' \
+		'torchvision==$(TORCHVISION)' 'numpy<2'
 	# mmcv's setup.py imports pkg_resources, which setuptools>=70 dropped;
 	# torch asks for setuptools>=77 but does not need it to run, so build
 	# with an old one (pip warns about the conflict) and restore it after.
 	$(PIP) install 'setuptools<70'
-	# mmcv has no wheel: build it against the installed torch, with ops.
-	MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install --no-build-isolation \
-		'mmcv==2.1.0' 'numpy<2'
+	# mmcv has no wheel: build it once per torch version, with ops.
+	@ls $(MMCV_WHEELS)/mmcv-$(MMCV)-*.whl >/dev/null 2>&1 || { \
+		echo "building mmcv $(MMCV) with ops against torch $(TORCH) (~15 min)"; \
+		MAX_JOBS=$(MAX_JOBS) tools/misc/build_mmcv_wheel.sh $(PY) $(MMCV) \
+			$(MMCV_WHEELS); }
+	$(PIP) install --force-reinstall --no-deps $(MMCV_WHEELS)/mmcv-$(MMCV)-*.whl
 	# >=77 for torch, <81 because mmengine still imports pkg_resources
 	# (e.g. to resolve `_base_ = 'mmdet::...'`).
 	$(PIP) install --upgrade 'setuptools>=77,<81'
-	$(PIP) install 'mmengine==0.10.7' 'mmdet==3.3.0' 'mmsegmentation==1.2.2' \
+	# torch is named again in every install below: left free, pip may
+	# downgrade it to satisfy another package's pins.
+	$(PIP) install 'torch==$(TORCH)' 'torchvision==$(TORCHVISION)' \
+		'mmcv==$(MMCV)' 'mmengine==0.10.7' 'mmdet==3.3.0' \
+		'mmsegmentation==1.2.2' 'mmpretrain==1.2.0' 'timm==1.0.31' \
 		ftfy regex 'numpy<2'
-	$(PIP) install --no-build-isolation -e '.[tests,demo]'
-	$(PY) -c "import mmolor, mmcv.ops; print('mmolor', mmolor.__version__, 'ready')"
-	# OLOR's fused CPU kernel is compiled on first use; do it now, once.
-	$(PY) -c "from mmolor.optim._cpu_kernel import cpu_kernel; cpu_kernel()"
+	# mmolor itself; setup.py compiles OLOR's fused CPU kernel (OpenMP).
+	$(PIP) install --no-build-isolation -e '.[tests,demo]' \
+		'torch==$(TORCH)' 'torchvision==$(TORCHVISION)'
+	$(PY) tools/check_install.py
 	@touch $(STAMP)
 
 test: install

@@ -89,11 +89,16 @@ setup(
     # its ops before this package is installed.
     install_requires=[
         'torch>=2.1',
+        'torchvision',  # imported by mmpretrain
         'numpy<2',
         'mmengine>=0.10.0,<0.11.0',
         'mmcv>=2.0.0,<2.2.0',
         'mmdet>=3.3.0,<3.4.0',
         'mmsegmentation>=1.2.0,<1.3.0',
+        # ConvNeXt (mmdet's and mmseg's ConvNeXt configs use mmpretrain's)
+        # and timm backbones through mmpretrain's TIMMBackbone
+        'mmpretrain>=1.2.0,<1.3.0',
+        'timm>=0.9',
         'ftfy',  # imported by mmseg, not declared by it
         'regex',
     ],

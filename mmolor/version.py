@@ -12,6 +12,7 @@ REQUIREMENTS = {
     'mmcv': ('2.0.0', '2.2.0'),
     'mmdet': ('3.3.0', '3.4.0'),
     'mmsegmentation': ('1.2.0', '1.3.0'),
+    'mmpretrain': ('1.2.0', '1.3.0'),
 }
 
 

@@ -123,7 +123,7 @@ def test_faster_rcnn_train_then_test_with_local_pretrained(coco, tmp_path):
         tmp_path / 'cfg.py', base,
         coco_overrides(coco, dict(type='Pretrained', checkpoint=ckpt)))
     log = train(config, tmp_path / 'train')
-    assert 'OLOR rollback:' in log and 'ResNet blocks' in log
+    assert 'OLOR rollback:' in log and 'structural blocks' in log
     final = str(tmp_path / 'train' / 'epoch_1.pth')
     metrics = test_metrics(config, final, tmp_path / 'test')
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0

@@ -235,8 +235,10 @@ def _scope_depths(model: nn.Module, scope: Sequence[str], layer: str,
             depths, entry_max = found.depths, found.max_depth
             rules.append(f'{entry or "<model>"}: {found.rule}')
             if found.fallback:
-                rules[-1] += (f' (no depth rule for {type(module).__name__};'
-                              f' order used: {_describe_order(depths)})')
+                rules[-1] += (f' (no forward pass through '
+                              f'{type(module).__name__}: depths guessed from '
+                              f'registration order: '
+                              f'{_describe_order(depths)})')
         for n, p in named:
             depth_of[p] = depths[n] + offset
         offset += entry_max + 1
@@ -272,6 +274,6 @@ def _log_table(rows: Dict[Tuple, int], max_depth: int, rules: List[str],
     for key in (k for k in rows if k[0] is None):
         lines.append(f"  {'outside':>8} | {rows[key]:>12,} | {key[1]:.6g}")
     # The generic rule is a guess about an unknown backbone: say so loudly.
-    level = logging.WARNING if any('no depth rule' in r for r in rules) \
+    level = logging.WARNING if any('no forward pass' in r for r in rules) \
         else logging.INFO
     print_log('\n'.join(lines), logger='current', level=level)

@@ -2,31 +2,55 @@
 """Depth of every parameter of a backbone, for OLOR's layer-wise penalty.
 
 Depth 0 is the stem / patch embedding; the deepest layer has depth ``D``.
-Rules are chosen by the module's class (matched by its qualified name, so
-neither mmdet nor mmseg needs to be imported here):
+One general rule serves every backbone (mmdet's, mmseg's, mmpretrain's,
+timm's through ``TIMMBackbone``, and a user's own), in two steps:
 
-* ``block``: one step per residual / transformer block, in forward order.
-* ``stage``: one step per stage.
+1. **What a block is** is read from the module tree. A module is a
+   *block candidate* when it holds two or more weight layers (modules that
+   own parameters, norms not counted) and sits beside at least one other
+   module of the same kind in the same parent (kind: the class; for a
+   plain ``nn.Sequential`` / ``nn.ModuleList``, the kinds of its children).
+   The blocks are the innermost candidates: a candidate that contains
+   other candidates (a stage, an HRNet module) is not a block itself, the
+   candidates inside it are. Every module of a candidate kind is a block,
+   also where it stands alone (a stage of one block). A backbone with no
+   such module at all (a plain layer stack, as VGG) takes its repeated
+   weight layers as blocks. In ``'stage'`` mode the unit is the module that
+   holds the blocks (a block hanging directly off the backbone is a stage
+   of its own).
+2. **Where a block stands** is read from one forward pass of a dummy image
+   (in eval mode, without touching the RNG, the weights or the norm
+   statistics): a block's depth is one more than the deepest block whose
+   output reaches its input through the autograd graph, so consecutive
+   blocks count up and parallel branches (HRNet, BiSeNet, DDRNet, UNet's
+   skip paths, ...) get equal depths at equal distance from the stem.
+   Everything outside the blocks (stem, patch embeddings, downsampling
+   layers, norms and position encodings between blocks, fusion layers)
+   joins the deepest block run before it in the forward pass, or depth 0
+   when no block ran yet. Where no forward pass can be made (an input the
+   backbone does not accept, a sharded module), registration order stands
+   in for the forward order and the result is marked as a fallback.
 
-Backbones that define mmpretrain's ``get_layer_depth(name)`` use it (block
-mode). Any other module falls back to a generic rule, and the rule used is
-reported so the constructor can log it.
+A depth scale with nothing at depth 0 (no stem) is shifted down by one.
+mmpretrain's ``get_layer_depth`` is a layer-wise lr-decay grouping
+(ConvNeXt-S's 36 blocks in 13 groups), not a block count; it is not used.
 """
-from typing import Callable, Dict, List, NamedTuple, Optional
+from collections import Counter
+from typing import Any, Dict, Hashable, List, NamedTuple, Optional, Tuple
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-__all__ = ['LayerDepths', 'get_layer_depths']
+__all__ = ['LayerDepths', 'get_layer_depths', 'find_blocks']
 
-_RESNETS = ('mmdet.models.backbones.resnet.ResNet',
-            'mmseg.models.backbones.resnet.ResNet')
-_SWINS = ('mmdet.models.backbones.swin.SwinTransformer',
-          'mmseg.models.backbones.swin.SwinTransformer')
-_VITS = ('mmseg.models.backbones.vit.VisionTransformer',
-         'mmseg.models.backbones.beit.BEiT')  # MAE is a BEiT
 _NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+_PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList)
+# Image sizes tried for the dummy forward pass, after the backbone's own
+# (``img_size`` and the like): most backbones take any multiple of 32;
+# a fixed position embedding wants the size it was made for.
+_SIZES = (224, 256, 512, 32, 64, 128, 384, 640)
 
 
 class LayerDepths(NamedTuple):
@@ -34,136 +58,269 @@ class LayerDepths(NamedTuple):
     depths: Dict[str, int]
     max_depth: int
     rule: str  # how the depths were derived, for the log
-    fallback: bool = False  # True when the generic rule was used
+    fallback: bool = False  # True when no forward pass could be made
+    blocks: Tuple[str, ...] = ()  # names of the units (blocks or stages)
 
 
-def _is_one_of(module: nn.Module, qualnames) -> bool:
-    return any(f'{c.__module__}.{c.__qualname__}' in qualnames
-               for c in type(module).__mro__)
+def _owns_weights(module: nn.Module) -> bool:
+    return not isinstance(module, _NORMS) and any(
+        True for _ in module.parameters(recurse=False))
 
 
-def _index_after(name: str, prefix: str) -> Optional[int]:
-    """``'layers.3.ffn.w' -> 3`` for prefix ``'layers'``; None otherwise."""
-    if not name.startswith(prefix + '.'):
-        return None
-    return int(name[len(prefix) + 1:].split('.', 1)[0])
+def _kind(module: nn.Module) -> Hashable:
+    """The class; for a plain container, the kinds of its children."""
+    if type(module) in _PLAIN_CONTAINERS or type(module).__qualname__ in (
+            'Sequential', 'ModuleList') and isinstance(
+                module, _PLAIN_CONTAINERS):
+        return (type(module).__name__,
+                tuple(_kind(m) for m in module.children()))
+    return type(module)
 
 
-def _resnet(module: nn.Module, mode: str) -> LayerDepths:
-    # Stem (conv1/bn1 or deep `stem`) is 0; `layer{s}.{b}` is a block.
-    stage_sizes = [len(getattr(module, n)) for n in module.res_layers]
-    depths = {}
-    for name, _ in module.named_parameters():
-        depth = 0
-        for s, layer_name in enumerate(module.res_layers):
-            b = _index_after(name, layer_name)
-            if b is not None:
-                depth = s + 1 if mode == 'stage' else \
-                    sum(stage_sizes[:s]) + b + 1
-        depths[name] = depth
-    max_depth = len(stage_sizes) if mode == 'stage' else sum(stage_sizes)
-    return LayerDepths(depths, max_depth,
-                       f'ResNet {mode}s: stem 0, res layers 1..{max_depth}')
+def _candidate_kinds(module: nn.Module, min_weights: int) -> set:
+    """Kinds of which two or more siblings hold ``min_weights`` weights."""
+    weights = {m: _weights(m) for m in module.modules()}
+    kinds = set()
+    for parent in module.modules():
+        counts = Counter(
+            _kind(c) for c in parent.children()
+            if weights[c] >= min_weights and (
+                min_weights > 1 or _owns_weights(c)))
+        kinds.update(k for k, n in counts.items() if n >= 2)
+    return kinds
 
 
-def _swin(module: nn.Module, mode: str) -> LayerDepths:
-    # patch_embed / absolute_pos_embed are 0; `stages.{s}.blocks.{b}` is a
-    # block; a stage's downsample and its output `norm{s}` follow the stage's
-    # last block.
-    sizes = [len(stage.blocks) for stage in module.stages]
-    ends = [sum(sizes[:s + 1]) for s in range(len(sizes))]
-    depths = {}
-    for name, _ in module.named_parameters():
-        depth = 0
-        s = _index_after(name, 'stages')
-        if s is None and name.startswith('norm') and \
-                name[4:].split('.', 1)[0].isdigit():
-            s = int(name[4:].split('.', 1)[0])
-        if s is not None:
-            b = _index_after(name, f'stages.{s}.blocks')
-            if mode == 'stage':
-                depth = s + 1
-            elif b is not None:
-                depth = ends[s] - sizes[s] + b + 1
-            else:
-                depth = ends[s]
-        depths[name] = depth
-    max_depth = len(sizes) if mode == 'stage' else ends[-1]
-    return LayerDepths(depths, max_depth,
-                       f'Swin {mode}s: patch embedding 0, '
-                       f'stages 1..{max_depth}')
-
-
-def _vit(module: nn.Module, mode: str) -> LayerDepths:
-    # patch_embed / cls_token / pos_embed / pre-norm are 0, `layers.{i}` is
-    # block i + 1 and the final norm follows the last block. A plain ViT is
-    # a single stage.
-    num_layers = len(module.layers)
-    final_norm = getattr(module, 'norm1_name', None) \
-        if getattr(module, 'final_norm', False) else None
-    max_depth = 1 if mode == 'stage' else num_layers
-    depths = {}
-    for name, _ in module.named_parameters():
-        i = _index_after(name, 'layers')
-        if i is not None:
-            depths[name] = 1 if mode == 'stage' else i + 1
-        elif final_norm and name.startswith(final_norm + '.'):
-            depths[name] = max_depth
-        else:
-            depths[name] = 0
-    return LayerDepths(depths, max_depth,
-                       f'ViT {mode}s: patch embedding 0, '
-                       f'transformer layers 1..{max_depth}')
-
-
-def _get_layer_depth(module: nn.Module, mode: str) -> LayerDepths:
-    depths, max_depth = {}, 0
-    for name, _ in module.named_parameters():
-        depth, num_layers = module.get_layer_depth(name)
-        depths[name] = depth
-        max_depth = max(max_depth, num_layers - 1)
-    return LayerDepths(depths, max_depth,
-                       f'{type(module).__name__}.get_layer_depth '
-                       f'(0..{max_depth})')
-
-
-def _generic(module: nn.Module, mode: str) -> LayerDepths:
-    """Fallback: order by the module that owns each parameter.
-
-    block: every module that owns parameters is a layer, in registration
-    (≈ forward) order, and a normalisation layer shares the depth of the
-    layer before it. stage: every direct child is a layer (direct
-    parameters of the module itself are depth 0).
-    """
-    depths: Dict[str, int] = {}
-    if mode == 'stage':
-        children = [n for n, m in module.named_children()
-                    if any(True for _ in m.parameters())]
-        direct = [n for n, _ in module.named_parameters(recurse=False)]
-        offset = 1 if direct else 0
-        for name, _ in module.named_parameters():
-            top = name.split('.', 1)[0]
-            depths[name] = children.index(top) + offset \
-                if top in children else 0
-        rule = 'generic stages: direct children in registration order'
-    else:
-        depth = -1
-        for prefix, child in module.named_modules():
-            own: List[str] = [n for n, _ in
-                              child.named_parameters(recurse=False)]
-            if not own:
+def find_blocks(module: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The blocks of ``module`` (see the module docstring), in
+    registration order, as ``(name, submodule)``."""
+    kinds = _candidate_kinds(module, min_weights=2)
+    if not kinds:  # a plain layer stack: its repeated weight layers
+        kinds = _candidate_kinds(module, min_weights=1)
+        return [(f'{p}.{n}' if p else n, m)
+                for p, parent in module.named_modules()
+                for n, m in parent.named_children()
+                if _kind(m) in kinds and _owns_weights(m) and sum(
+                    _kind(c) == _kind(m) for c in parent.children()) >= 2]
+    # Every module of a candidate class is a block; a plain container only
+    # where it stands beside another of its kind.
+    named = []
+    for parent_name, parent in module.named_modules():
+        counts = Counter(_kind(c) for c in parent.children())
+        for n, m in parent.named_children():
+            kind = _kind(m)
+            if kind in kinds and (isinstance(kind, type) or counts[kind] > 1):
+                named.append((f'{parent_name}.{n}' if parent_name else n, m))
+    named = list(dict(named).items())
+    chosen = {id(m) for _, m in named}
+    inner = [(name, m) for name, m in named
+             if not any(o is not m and id(o) in chosen
+                        for o in m.modules())]
+    # A lone block of its own kind in a stage of its own (timm
+    # EfficientNet's first stage) is a block too: a module that holds two
+    # or more weight layers, in a plain container beside containers that
+    # hold blocks.
+    names = {n for n, _ in inner}
+    parents = {n.rpartition('.')[0] for n in names}
+    lone = []
+    for parent in {p.rpartition('.')[0] for p in parents if p}:
+        holder = module.get_submodule(parent)
+        for child_name, child in holder.named_children():
+            path = f'{parent}.{child_name}' if parent else child_name
+            if path in parents or type(child) not in _PLAIN_CONTAINERS:
                 continue
-            if not (isinstance(child, _NORMS) and depth >= 0):
-                depth += 1
-            for n in own:
-                full = f'{prefix}.{n}' if prefix else n
-                depths.setdefault(full, depth)
-        rule = ('generic blocks: modules owning parameters in registration '
-                'order, norm layers joined to the layer before them')
-    # Parameters shared between modules keep their first depth; the names
-    # of named_parameters() are the deduplicated ones.
-    depths = {n: depths[n] for n, _ in module.named_parameters()}
-    return LayerDepths(depths, max(depths.values(), default=0), rule, True)
+            for n, m in child.named_children():
+                if _weights(m) >= 2 and not any(
+                        o.startswith(f'{path}.{n}.') for o in names):
+                    lone.append((f'{path}.{n}', m))
+    if lone:
+        order = {n: i for i, (n, _) in enumerate(module.named_modules())}
+        inner = sorted(inner + lone, key=lambda nm: order[nm[0]])
+    return inner
+
+
+def _weights(module: nn.Module) -> int:
+    return sum(_owns_weights(m) for m in module.modules())
+
+
+def _stages(module: nn.Module,
+            blocks: List[Tuple[str, nn.Module]]) -> List[Tuple[str, Any]]:
+    """The modules that hold the blocks, each once, in order."""
+    stages: List[Tuple[str, nn.Module]] = []
+    for name, block in blocks:
+        parent = name.rpartition('.')[0]
+        unit = (parent, module.get_submodule(parent)) if parent else \
+            (name, block)
+        if unit[0] not in [s for s, _ in stages]:
+            stages.append(unit)
+    return stages
+
+
+def _grad_nodes(obj: Any, out: list) -> list:
+    if isinstance(obj, torch.Tensor):
+        if obj.grad_fn is not None:
+            out.append(obj.grad_fn)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _grad_nodes(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _grad_nodes(o, out)
+    return out
+
+
+def _dummy_inputs(module: nn.Module):
+    """Dummy images for the forward pass: the backbone's size first."""
+    param = next(module.parameters())
+    # An image has 3 channels, unless the backbone says otherwise.
+    channels = [3, getattr(module, 'in_channels', 3)] + [
+        next((m.in_channels for m in module.modules()
+              if isinstance(m, nn.Conv2d)), 3)]
+    sizes: List[Tuple[int, int]] = []
+    for m in module.modules():
+        for attr in ('img_size', 'pretrain_img_size'):
+            size = getattr(m, attr, None)
+            if isinstance(size, int):
+                size = (size, size)
+            if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+                    isinstance(s, int) for s in size):
+                sizes.append(tuple(size))
+        if sizes:
+            break
+    sizes += [(s, s) for s in _SIZES]
+    for c in dict.fromkeys(c for c in channels if isinstance(c, int)):
+        for size in dict.fromkeys(sizes):
+            yield torch.randn(1, c, *size, device=param.device,
+                              dtype=param.dtype, requires_grad=True)
+
+
+class _Trace(NamedTuple):
+    order: Dict[str, int]  # module name -> rank of its first call
+    preds: Dict[str, set]  # unit -> units whose output reaches its input
+
+
+def _trace(module: nn.Module, units: List[str]) -> _Trace:
+    """One forward pass: call order of modules, data flow between units."""
+    order: Dict[str, int] = {}
+    inputs: Dict[str, list] = {}
+    outputs: Dict[Any, str] = {}
+    unit_set = set(units)
+    handles = []
+
+    def pre_hook(name):
+
+        def hook(mod, args, kwargs):
+            order.setdefault(name, len(order))
+            if name in unit_set and name not in inputs:
+                inputs[name] = _grad_nodes((args, kwargs), [])
+
+        return hook
+
+    def post_hook(name):
+
+        def hook(mod, args, output):
+            if name in unit_set and name not in {*outputs.values()}:
+                for node in _grad_nodes(output, []):
+                    outputs.setdefault(node, name)
+
+        return hook
+
+    training = {m: m.training for m in module.modules()}
+    try:
+        for name, m in module.named_modules():
+            handles.append(
+                m.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
+            if name in unit_set:
+                handles.append(m.register_forward_hook(post_hook(name)))
+        module.eval()
+        errors = []
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            for image in _dummy_inputs(module):
+                order.clear(), inputs.clear(), outputs.clear()
+                try:
+                    module(image)
+                    break
+                except Exception as e:  # the next size, or the fallback
+                    errors.append(f'{tuple(image.shape)}: '
+                                  f'{type(e).__name__}: {e}')
+            else:
+                raise RuntimeError('; '.join(errors))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in training.items():
+            m.train(mode)
+    preds = {}
+    for unit in units:
+        found, seen = set(), set()
+        stack = list(inputs.get(unit, []))
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            owner = outputs.get(node)
+            if owner is not None and owner != unit:
+                found.add(owner)
+                continue
+            stack.extend(n for n, _ in node.next_functions)
+        preds[unit] = found
+    return _Trace(order, preds)
+
+
+def _depths_in_order(module: nn.Module, blocks: List[str], units: List[str],
+                     trace: Optional[_Trace]) -> Dict[str, int]:
+    """Depth of every module, from the data flow between the blocks.
+
+    A unit (a block, or in stage mode the module holding blocks) is one
+    deeper than the deepest unit that feeds one of its blocks; it takes its
+    place in the forward order when its first block runs.
+    """
+    names = [n for n, _ in module.named_modules()]
+    if trace is None:  # registration order, blocks one after the other
+        order = {n: i for i, n in enumerate(names)}
+        preds = {b: {blocks[i - 1]} if i else set()
+                 for i, b in enumerate(blocks)}
+    else:
+        order, preds = trace.order, trace.preds
+    unit_of = {b: _unit_of(b, units) for b in blocks}
+    start: Dict[str, int] = {}
+    for b in blocks:
+        if b in order:
+            start[unit_of[b]] = min(start.get(unit_of[b], order[b]),
+                                    order[b])
+    unit_depth: Dict[str, int] = {}
+    for unit in sorted(units, key=lambda u: start.get(u, len(order))):
+        feeding = {unit_of[p] for b in blocks if unit_of[b] == unit
+                   for p in preds.get(b, ())} - {unit}
+        unit_depth[unit] = 1 + max(
+            (unit_depth.get(u, 0) for u in feeding), default=0)
+    depth_of: Dict[str, int] = {}
+    deepest = 0
+    events = [(order[n], n) for n in names if n in order] + [
+        (i, u) for u, i in start.items()]
+    for _, name in sorted(events):
+        unit = _unit_of(name, units)
+        if unit is not None:
+            depth_of[name] = unit_depth[unit]
+            deepest = max(deepest, unit_depth[unit])
+        else:
+            depth_of[name] = deepest
+    # Modules the forward pass never called keep the depth of the module
+    # registered before them.
+    last = 0
+    for name in names:
+        unit = _unit_of(name, units)
+        if name not in depth_of:
+            depth_of[name] = unit_depth.get(unit, last) if unit else last
+        last = depth_of[name]
+    return depth_of
+
+
+def _unit_of(name: str, units: List[str]) -> Optional[str]:
+    for unit in units:
+        if name == unit or name.startswith(unit + '.'):
+            return unit
+    return None
 
 
 def get_layer_depths(module: nn.Module, mode: str) -> LayerDepths:
@@ -178,21 +335,37 @@ def get_layer_depths(module: nn.Module, mode: str) -> LayerDepths:
         LayerDepths: ``depths`` maps each name of
         ``module.named_parameters()`` (frozen ones included: depth is a
         property of the architecture) to its depth; ``max_depth`` is D;
-        ``rule`` says which rule was used.
+        ``rule`` says how they were found; ``blocks`` names the units.
     """
     if mode not in ('block', 'stage'):
         raise ValueError(f"Invalid layer mode: {mode!r} (expected 'block' "
                          "or 'stage')")
-    rule: Callable[[nn.Module, str], LayerDepths]
-    if _is_one_of(module, _RESNETS):
-        rule = _resnet
-    elif _is_one_of(module, _SWINS):
-        rule = _swin
-    elif _is_one_of(module, _VITS):
-        rule = _vit
-    elif mode == 'block' and callable(getattr(module, 'get_layer_depth',
-                                              None)):
-        rule = _get_layer_depth
-    else:
-        rule = _generic
-    return rule(module, mode)
+    blocks = find_blocks(module)
+    units = [n for n, _ in (blocks if mode == 'block' else _stages(
+        module, blocks))]
+    fallback = ''
+    try:
+        block_names = [n for n, _ in blocks]
+        trace: Optional[_Trace] = _trace(module, block_names) \
+            if blocks else None
+    except Exception as e:  # no input it takes; a sharded module
+        trace, fallback = None, f'{e}'[:300]
+    module_depth = _depths_in_order(module, [n for n, _ in blocks], units,
+                                    trace)
+    depths = {}
+    for prefix, m in module.named_modules():
+        for n, _ in m.named_parameters(recurse=False):
+            depths.setdefault(f'{prefix}.{n}' if prefix else n,
+                              module_depth[prefix])
+    depths = {n: depths[n] for n, _ in module.named_parameters()}
+    if depths and min(depths.values()) > 0:  # no stem: start at 0
+        depths = {n: d - 1 for n, d in depths.items()}
+    max_depth = max(depths.values(), default=0)
+    counts = Counter(type(m).__name__ for _, m in blocks)
+    described = ', '.join(f'{n} x{c}' for n, c in counts.items()) or 'none'
+    rule = (f'structural {mode}s ({len(units)} {mode}s; blocks: '
+            f'{described}), ordered by ' +
+            ('a forward pass' if trace is not None or not units else
+             f'registration (no forward pass: {fallback})') +
+            f', D={max_depth}')
+    return LayerDepths(depths, max_depth, rule, bool(fallback), tuple(units))

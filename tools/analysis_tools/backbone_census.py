@@ -1,0 +1,52 @@
+# Copyright (c) mmolor contributors. All rights reserved.
+"""Print mmolor's block depths for every backbone upstream configs use.
+
+    python tools/analysis_tools/backbone_census.py [--markdown]
+
+Builds each backbone type that an mmdet or mmseg config uses, from that
+config's backbone dict (no weights), plus mmpretrain's ConvNeXt and
+VisionTransformer and timm models through TIMMBackbone, and prints one
+row each: the depth rule, D, the number of blocks and what the check
+against the forward order found (see mmolor/analysis/census.py).
+"""
+import argparse
+import sys
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--markdown', action='store_true',
+                        help='print a Markdown table (as in README.md)')
+    parser.add_argument('--only', nargs='*', default=None,
+                        help='backbone types to check (default: all)')
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    import mmolor  # noqa: F401
+    from mmolor.analysis.census import (SKIPPED, check_case, collect_cases,
+                                        format_table)
+    cases = collect_cases()
+    if args.only:
+        cases = [c for c in cases if c.type in args.only]
+    rows = []
+    for i, case in enumerate(cases, 1):
+        if case.type in SKIPPED:
+            continue
+        row = check_case(case)
+        rows.append(row)
+        print(f'[{i}/{len(cases)}] {row.type}: D={row.max_depth}, '
+              f'{row.num_blocks} blocks, {row.seconds:.1f}s'
+              + (f', PROBLEMS: {list(row.problems)}' if row.problems else ''),
+              file=sys.stderr, flush=True)
+    print(format_table(rows) if args.markdown else '\n'.join(
+        f'{r.type:40} {r.max_depth:4} {r.num_blocks:4}  {r.rule}'
+        for r in rows))
+    for name, why in SKIPPED.items():
+        print(f'skipped {name}: {why}')
+    return 1 if any(r.problems for r in rows) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
