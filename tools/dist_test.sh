@@ -12,6 +12,11 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 PYTHON=${PYTHON:-"python"}
+if ! $PYTHON -c 'import torch' 2>/dev/null; then
+    echo "$0: '$PYTHON' cannot import torch. Activate mmolor's environment" \
+        "first (source .venv/bin/activate) or set PYTHON=.venv/bin/python." >&2
+    exit 1
+fi
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 $PYTHON -m torch.distributed.run \

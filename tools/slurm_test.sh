@@ -14,6 +14,11 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PYTHON=${PYTHON:-"python"}
+if ! $PYTHON -c 'import torch' 2>/dev/null; then
+    echo "$0: '$PYTHON' cannot import torch. Activate mmolor's environment" \
+        "first (source .venv/bin/activate) or set PYTHON=.venv/bin/python." >&2
+    exit 1
+fi
 PY_ARGS=${@:5}
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \

@@ -69,23 +69,24 @@ def _owns_weights(module: nn.Module) -> bool:
 
 def _kind(module: nn.Module) -> Hashable:
     """The class; for a plain container, the kinds of its children."""
-    if type(module) in _PLAIN_CONTAINERS or type(module).__qualname__ in (
-            'Sequential', 'ModuleList') and isinstance(
-                module, _PLAIN_CONTAINERS):
+    if isinstance(module, _PLAIN_CONTAINERS) and type(
+            module).__name__ in ('Sequential', 'ModuleList'):
         return (type(module).__name__,
                 tuple(_kind(m) for m in module.children()))
     return type(module)
 
 
-def _candidate_kinds(module: nn.Module, min_weights: int) -> set:
-    """Kinds of which two or more siblings hold ``min_weights`` weights."""
-    weights = {m: _weights(m) for m in module.modules()}
+def _weights(module: nn.Module) -> int:
+    """How many weight layers (norms not counted) ``module`` holds."""
+    return sum(_owns_weights(m) for m in module.modules())
+
+
+def _repeated_kinds(module: nn.Module, holds) -> set:
+    """Kinds of which two or more siblings hold ``holds(n)`` weights."""
     kinds = set()
     for parent in module.modules():
         counts = Counter(
-            _kind(c) for c in parent.children()
-            if weights[c] >= min_weights and (
-                min_weights > 1 or _owns_weights(c)))
+            _kind(c) for c in parent.children() if holds(_weights(c)))
         kinds.update(k for k, n in counts.items() if n >= 2)
     return kinds
 
@@ -93,13 +94,13 @@ def _candidate_kinds(module: nn.Module, min_weights: int) -> set:
 def find_blocks(module: nn.Module) -> List[Tuple[str, nn.Module]]:
     """The blocks of ``module`` (see the module docstring), in
     registration order, as ``(name, submodule)``."""
-    kinds = _candidate_kinds(module, min_weights=2)
+    kinds = _repeated_kinds(module, lambda n: n >= 2)
     if not kinds:  # a plain layer stack: its repeated weight layers
-        kinds = _candidate_kinds(module, min_weights=1)
+        kinds = _repeated_kinds(module, lambda n: n == 1)
         return [(f'{p}.{n}' if p else n, m)
                 for p, parent in module.named_modules()
                 for n, m in parent.named_children()
-                if _kind(m) in kinds and _owns_weights(m) and sum(
+                if _kind(m) in kinds and _weights(m) == 1 and sum(
                     _kind(c) == _kind(m) for c in parent.children()) >= 2]
     # Every module of a candidate class is a block; a plain container only
     # where it stands beside another of its kind.
@@ -137,9 +138,6 @@ def find_blocks(module: nn.Module) -> List[Tuple[str, nn.Module]]:
         inner = sorted(inner + lone, key=lambda nm: order[nm[0]])
     return inner
 
-
-def _weights(module: nn.Module) -> int:
-    return sum(_owns_weights(m) for m in module.modules())
 
 
 def _stages(module: nn.Module,
