@@ -2,8 +2,10 @@
 """Every shipped config loads, builds its model and optim wrapper (no
 weights downloaded) and rolls back the backbone by depth, not the rest."""
 import ast
+import copy
 import glob
 import os.path as osp
+import re
 
 import pytest
 from mmengine import Config
@@ -11,7 +13,7 @@ from mmengine.hub import get_config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
-from expected_depths import resnet_depth, swin_depth
+from expected_depths import resnet_depth, swin_depth, vit_depth
 from reference import rollback_by_depth
 
 ROOT = osp.dirname(osp.dirname(__file__))
@@ -20,6 +22,17 @@ CONFIGS = sorted(
     for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
                        recursive=True)
     if '_base_' not in p and osp.sep + 'demo' + osp.sep not in p)
+
+
+def _composes(path):
+    with open(osp.join(ROOT, path)) as f:
+        return 'base_constructor' in f.read()
+
+
+# Configs over a layer-wise lr-decay recipe (ConvNeXt, BEiT, MAE): OLOR over
+# the recipe's constructor (`paramwise_cfg.base_constructor`).
+LLRD_CONFIGS = [p for p in CONFIGS if _composes(p)]
+DEFAULT_CONFIGS = [p for p in CONFIGS if not _composes(p)]
 
 # Backbone family -> (expected depth of a name, D), from the upstream
 # architectures: ResNet-50 has 3+4+6+3 blocks, Swin-T 2+2+6+2.
@@ -45,9 +58,10 @@ def build_model(cfg):
 
 def test_configs_are_found():
     assert len(CONFIGS) >= 6, CONFIGS
+    assert len(LLRD_CONFIGS) >= 3, LLRD_CONFIGS
 
 
-@pytest.mark.parametrize('path', CONFIGS)
+@pytest.mark.parametrize('path', DEFAULT_CONFIGS)
 def test_config_builds_and_rolls_back_the_backbone_by_depth(path):
     cfg = Config.fromfile(osp.join(ROOT, path))
     assert cfg.custom_imports.imports == ['mmolor']
@@ -106,3 +120,90 @@ def test_config_changes_only_the_optimizer(path):
     assert cfg.train_dataloader.dataset.data_root.startswith('data/')
     assert 'Pretrained' in str(cfg.model.backbone.get('init_cfg')) or \
         cfg.model.get('pretrained')
+
+
+def _upstream(path):
+    with open(osp.join(ROOT, path)) as f:
+        tree = ast.parse(f.read())
+    (base, ) = [ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign)
+                and node.targets[0].id == '_base_']
+    return get_config(base)
+
+
+def _without_amp(optim_wrapper):
+    """The same optim wrapper as an OptimWrapper: mmengine's
+    AmpOptimWrapper needs a GPU to be built; the groups do not change."""
+    cfg = copy.deepcopy(optim_wrapper)
+    cfg.type = 'OptimWrapper'
+    cfg.pop('loss_scale', None)
+    return cfg
+
+
+def _per_param(optim_wrapper, model, key):
+    name_of = {p: n for n, p in model.named_parameters()}
+    return {name_of[p]: g[key] for g in optim_wrapper.optimizer.param_groups
+            for p in g['params']}
+
+
+@pytest.mark.parametrize('path', LLRD_CONFIGS)
+def test_llrd_config_keeps_the_recipes_lr_decay_and_wrapper(path):
+    """OLOR over the recipe's own lr-decay constructor: the recipe's
+    wrapper (AMP), optimizer settings and lr-decay keys, every parameter's
+    lr and weight decay exactly as the recipe builds them, and a rollback
+    that falls with OLOR's block depth."""
+    cfg = Config.fromfile(osp.join(ROOT, path))
+    upstream = _upstream(path)
+    up_imports = upstream.get('custom_imports', {}).get('imports', [])
+    up_imports = [up_imports] if isinstance(up_imports, str) else up_imports
+    assert cfg.custom_imports.imports == list(up_imports) + ['mmolor']
+    ow_cfg, up_cfg = cfg.optim_wrapper, upstream.optim_wrapper
+    assert ow_cfg.type == up_cfg.type  # AmpOptimWrapper where upstream has
+    assert ow_cfg.get('loss_scale') == up_cfg.get('loss_scale')
+    assert ow_cfg.constructor == 'OLOROptimWrapperConstructor'
+    assert _plain(ow_cfg.optimizer) == dict(_plain(up_cfg.optimizer),
+                                            type='OLORAdamW')
+    paramwise = _plain(ow_cfg.paramwise_cfg)
+    base = paramwise.pop('base_constructor')
+    rollback = paramwise.pop('rollback')
+    assert base.split('.')[-1] == up_cfg.constructor
+    assert base.split('.')[0] == cfg.default_scope  # the recipe's codebase
+    assert paramwise == _plain(up_cfg.paramwise_cfg)
+    assert (rollback['max'], rollback['min'], rollback['power']) == \
+        (0.01, 0.0, 1.0)
+
+    model = build_model(cfg)
+    ours = build_optim_wrapper(model, _without_amp(ow_cfg))
+    theirs = build_optim_wrapper(model, _without_amp(up_cfg))
+    for key in ('lr', 'weight_decay'):
+        got, want = (_per_param(ow, model, key) for ow in (ours, theirs))
+        assert got == want, key
+    assert len(set(_per_param(theirs, model, 'lr').values())) > 3
+
+    got = _per_param(ours, model, 'rollback')
+    for name, value in got.items():
+        if not name.startswith('backbone.'):
+            assert value == 0.0, name  # neck, heads
+    backbone = cfg.model.backbone.type
+    if backbone in ('BEiT', 'MAE'):
+        for name, value in got.items():
+            if name.startswith('backbone.'):
+                want = rollback_by_depth(vit_depth(name, 12, 'block'), 12,
+                                         0.01, 0.0, 1.0)
+                assert value == pytest.approx(want, abs=1e-15), name
+    else:
+        # ConvNeXt: the stem rolls back most; then every block less than
+        # the one before it (block depth, not the lr-decay layer ids), the
+        # last one not at all.
+        assert backbone == 'mmpretrain.ConvNeXt'
+        blocks = {}
+        for name, value in got.items():
+            m = re.match(r'backbone\.stages\.(\d+)\.(\d+)\.', name)
+            if m:
+                blocks.setdefault((int(m[1]), int(m[2])), set()).add(value)
+        assert all(len(v) == 1 for v in blocks.values())
+        order = [v.pop() for _, v in sorted(blocks.items())]
+        assert len(order) == sum(model.backbone.depths)
+        assert all(a > b for a, b in zip(order, order[1:])), order
+        assert order[-1] == 0.0
+        assert got['backbone.downsample_layers.0.0.weight'] == 0.01
