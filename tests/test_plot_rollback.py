@@ -77,3 +77,17 @@ def test_plot_rollback_tool_on_a_shipped_mmseg_config(tmp_path):
     for depth, layer in enumerate(resnet50_layers()):
         want = rollback_by_depth(depth, 16, 0.01, 0.0, 2.0)
         assert float(table[layer]) == pytest.approx(want, rel=1e-5, abs=1e-12)
+
+
+def test_rollback_by_layer_on_an_amp_config():
+    # the ConvNeXt Mask R-CNN recipe uses AmpOptimWrapper, which mmengine
+    # builds only with CUDA; the rollback is read from the param groups
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/convnext/'
+        'mask-rcnn_convnext-t-p4-w7_fpn_olor-adamw_amp-ms-crop-3x_coco.py'))
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    cfg.model.backbone.init_cfg = None  # no download
+    rows = rollback_by_layer(cfg)
+    assert [r['depth'] for r in rows] == list(range(19))  # stem + 18 blocks
+    assert [r['rollback'] for r in rows] == pytest.approx(
+        [rollback_by_depth(d, 18, 0.01, 0.0, 1.0) for d in range(19)])

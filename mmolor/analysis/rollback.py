@@ -59,8 +59,15 @@ def rollback_by_layer(cfg: Config,
         raise ValueError('The config sets no optim_wrapper.paramwise_cfg.'
                          'rollback: nothing rolls back')
     model = model if model is not None else build_model(cfg)
-    optim_wrapper = build_optim_wrapper(model,
-                                        copy.deepcopy(cfg.optim_wrapper))
+    wrapper_cfg = copy.deepcopy(cfg.optim_wrapper)
+    # The rollback is a property of the param groups, not of the wrapper:
+    # an AmpOptimWrapper (which mmengine refuses to build without CUDA)
+    # is read as a plain OptimWrapper.
+    if wrapper_cfg.get('type') == 'AmpOptimWrapper':
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper_cfg.pop(key, None)
+        wrapper_cfg['type'] = 'OptimWrapper'
+    optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
     rollback_of = {
         p: group['rollback']
         for group in optim_wrapper.optimizer.param_groups
