@@ -7,13 +7,17 @@ timm's through ``TIMMBackbone``, and a user's own), in two steps:
 
 1. **What a block is** is read from the module tree. A module is a
    *block candidate* when it holds two or more weight layers (modules that
-   own parameters, norms not counted) and sits beside at least one other
-   module of the same kind in the same parent (kind: the class; for a
-   plain ``nn.Sequential`` / ``nn.ModuleList``, the kinds of its children).
-   The blocks are the innermost candidates: a candidate that contains
-   other candidates (a stage, an HRNet module) is not a block itself, the
-   candidates inside it are. Every module of a candidate kind is a block,
-   also where it stands alone (a stage of one block). A backbone with no
+   own parameters; norms and PReLUs not counted) and sits beside at least
+   one other module of the same kind in the same parent (kind: the class;
+   for a plain ``nn.Sequential`` / ``nn.ModuleList``, the kinds of its
+   children). The blocks are the innermost candidates: a candidate that
+   contains other candidates (a stage, an HRNet module) is not a block
+   itself, the candidates inside it are. Every module of a candidate class
+   is a block, also where it stands alone (a stage of one block; a plain
+   container only where it stands beside another of its kind). A lone
+   module of two or more weight layers in a plain container beside
+   containers of blocks is a block too (timm EfficientNet's first stage).
+   A backbone with no
    such module at all (a plain layer stack, as VGG) takes its repeated
    weight layers as blocks. In ``'stage'`` mode the unit is the module that
    holds the blocks (a block hanging directly off the backbone is a stage
@@ -46,6 +50,8 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 __all__ = ['LayerDepths', 'get_layer_depths', 'find_blocks']
 
 _NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+# Modules that own parameters but are not weight layers of their own.
+_NOT_WEIGHT_LAYERS = _NORMS + (nn.PReLU, )
 _PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList)
 # Image sizes tried for the dummy forward pass, after the backbone's own
 # (``img_size`` and the like): most backbones take any multiple of 32;
@@ -63,7 +69,7 @@ class LayerDepths(NamedTuple):
 
 
 def _owns_weights(module: nn.Module) -> bool:
-    return not isinstance(module, _NORMS) and any(
+    return not isinstance(module, _NOT_WEIGHT_LAYERS) and any(
         True for _ in module.parameters(recurse=False))
 
 
