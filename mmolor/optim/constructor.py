@@ -180,18 +180,33 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
             self._check_optimizer_is_olor()
 
     def _check_optimizer_is_olor(self) -> None:
+        # Here, not at the top: ZeRO's module is not the constructor's.
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        from .zero import local_optimizer_class
         optimizer_type = self.optimizer_cfg.get('type')
         optimizer_cls = optimizer_type
         if isinstance(optimizer_type, str):
             with OPTIMIZERS.switch_scope_and_registry(None) as registry:
                 optimizer_cls = registry.get(optimizer_type)
+        setting = f'optimizer.type={optimizer_type!r}'
+        if isinstance(optimizer_cls, type) and issubclass(
+                optimizer_cls, ZeroRedundancyOptimizer):
+            # ZeRO shards the local optimizer named by `optimizer_type`
+            # (mmengine's form; torch's own class takes `optimizer_class`).
+            key = 'optimizer_type' if 'optimizer_type' in self.optimizer_cfg \
+                else 'optimizer_class'
+            optimizer_type = self.optimizer_cfg.get(key)
+            optimizer_cls = local_optimizer_class(optimizer_type)
+            setting = f'optimizer.{key}={optimizer_type!r}'
         if optimizer_cls is None:
             return  # mmengine reports unknown types when it builds
         if not (isinstance(optimizer_cls, type)
                 and issubclass(optimizer_cls, _OLORMixin)):
             raise ValueError(
                 'paramwise_cfg.rollback needs an OLOR optimizer (OLORAdamW, '
-                f'OLORAdam, OLORSGD), got optimizer.type={optimizer_type!r}')
+                f'OLORAdam, OLORSGD; or ZeroRedundancyOptimizer with '
+                f"optimizer_type='OLORAdamW', ...), got {setting}")
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         """Build the optim wrapper, as mmengine's constructor does, from the
