@@ -10,24 +10,39 @@ built: on a machine without CUDA (or NPU, MLU, MUSA) it initialises a gloo
 process group itself, which makes the Runner skip ``init_dist``, and asks
 for ``MMDistributedDataParallel`` with ``device_ids=None``. With an
 accelerator it changes nothing and mmengine does its usual NCCL set-up.
+
+``runner_type='FlexibleRunner'`` takes its wrapper from ``cfg.strategy``:
+:func:`prepare_dist` gives a ``DDPStrategy`` (the FlexibleRunner's default)
+``device_ids=None`` there too, and importing this module replaces
+mmengine's ``FSDPStrategy`` with :class:`FSDPStrategy`, which fixes what
+mmengine 0.10.7's FSDP strategy gets wrong on current torch and on the CPU
+(see its docstring).
 """
+import contextlib
 import copy
+import dataclasses
 import datetime
 import logging
 import os
 import subprocess
-from typing import Optional
+from typing import Any, Iterator, List, Optional
 
+import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+from mmengine._strategy import DDPStrategy
+from mmengine._strategy.fsdp import FSDPStrategy as _MMEngineFSDPStrategy
 from mmengine.config import Config
 from mmengine.device import (is_cuda_available, is_mlu_available,
                              is_musa_available, is_npu_available)
 from mmengine.logging import print_log
-from mmengine.registry import MODEL_WRAPPERS
+from mmengine.registry import (MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS,
+                               STRATEGIES)
+from torch.distributed.fsdp import CPUOffload, FullOptimStateDictConfig
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ['has_accelerator', 'init_cpu_dist', 'prepare_dist']
+__all__ = ['has_accelerator', 'init_cpu_dist', 'prepare_dist', 'FSDPStrategy']
 
 _LAUNCHERS = ('pytorch', 'slurm', 'mpi')
 # The process-group backends that run on CPU tensors.
@@ -128,6 +143,12 @@ def _cpu_model_wrapper_cfg(cfg: Config) -> Optional[dict]:
             device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+    return _without_device_ids(wrapper_cfg)
+
+
+def _without_device_ids(wrapper_cfg: dict) -> Optional[dict]:
+    """A copy of a DDP wrapper config with ``device_ids=None``; None when
+    the wrapper is not a ``DistributedDataParallel``."""
     wrapper_cfg = copy.deepcopy(wrapper_cfg)
     wrapper_cfg.setdefault('type', 'MMDistributedDataParallel')
     wrapper_type = wrapper_cfg['type']
@@ -138,6 +159,219 @@ def _cpu_model_wrapper_cfg(cfg: Config) -> Optional[dict]:
         return None
     wrapper_cfg['device_ids'] = None
     return wrapper_cfg
+
+
+def _is_flexible(cfg: Config) -> bool:
+    """Whether ``cfg`` builds mmengine's ``FlexibleRunner`` (or a subclass),
+    which takes its model wrapper from ``cfg.strategy``."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import FlexibleRunner
+    runner_type = cfg.get('runner_type', None)
+    if isinstance(runner_type, str):
+        with RUNNERS.switch_scope_and_registry(None) as registry:
+            runner_type = registry.get(runner_type)
+    return isinstance(runner_type, type) and issubclass(
+        runner_type, FlexibleRunner)
+
+
+def _cpu_ddp_strategy_cfg(cfg: Config) -> None:
+    """Give a FlexibleRunner's ``DDPStrategy`` ``device_ids=None``.
+
+    The FlexibleRunner builds a ``DDPStrategy`` when ``cfg.strategy`` is
+    None and the launch is distributed; like the Runner, it then passes
+    ``device_ids=[LOCAL_RANK]``, which a CPU module refuses. Other
+    strategies are left alone.
+    """
+    if not _is_flexible(cfg):
+        return
+    strategy = cfg.get('strategy', None)
+    if strategy is None:
+        strategy = dict(type='DDPStrategy')
+    strategy_type = strategy.get('type', None)
+    if isinstance(strategy_type, str):
+        with STRATEGIES.switch_scope_and_registry(None) as registry:
+            strategy_type = registry.get(strategy_type)
+    # FSDPStrategy is a DDPStrategy too, with a wrapper of its own.
+    if not (isinstance(strategy_type, type)
+            and issubclass(strategy_type, DDPStrategy)
+            and not issubclass(strategy_type, _MMEngineFSDPStrategy)):
+        return
+    # DDPStrategy's own default wrapper when none is set.
+    wrapper_cfg = _without_device_ids(
+        strategy.get('model_wrapper', None)
+        or dict(type='MMDistributedDataParallel', broadcast_buffers=False))
+    if wrapper_cfg is not None:
+        strategy = copy.deepcopy(strategy)
+        strategy['model_wrapper'] = wrapper_cfg
+        cfg.strategy = strategy
+
+
+def _offloads_params(cpu_offload: Any) -> bool:
+    """Whether an FSDP ``cpu_offload`` setting keeps parameters on the
+    CPU (``True``, ``CPUOffload(offload_params=True)`` or its dict)."""
+    if isinstance(cpu_offload, CPUOffload):
+        return cpu_offload.offload_params
+    if isinstance(cpu_offload, dict):
+        return bool(cpu_offload.get('offload_params', False))
+    return bool(cpu_offload)
+
+
+@contextlib.contextmanager
+def _uniform_anchors(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Give every parameter with state an anchor in its own dtype, for the
+    time of FSDP's gather (see :class:`FSDPStrategy`, 4.), then undo it."""
+    added, recast = [], {}
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            anchor = state.get('anchor')
+            if anchor is None:
+                state['anchor'] = torch.zeros_like(p)
+                added.append(p)
+            elif anchor.dtype != p.dtype:
+                recast[p] = anchor
+                state['anchor'] = anchor.to(p.dtype)
+    try:
+        yield
+    finally:
+        for p in added:
+            del optimizer.state[p]['anchor']
+        for p, anchor in recast.items():
+            optimizer.state[p]['anchor'] = anchor
+
+
+@STRATEGIES.register_module(name='FSDPStrategy', force=True)
+class FSDPStrategy(_MMEngineFSDPStrategy):
+    """mmengine's ``FSDPStrategy``, fixed for torch >= 2.1 and the CPU.
+
+    Registered under mmengine's name (``force=True``, when mmolor is
+    imported), so that ``strategy=dict(type='FSDPStrategy', ...)`` of a
+    ``runner_type='FlexibleRunner'`` config gets it. Three fixes, each
+    needed by an FSDP run with OLOR on this stack:
+
+    1. **Resume.** mmengine 0.10.7 calls
+       ``FSDP.optim_state_dict_to_load(state_dict, model, optimizer)``:
+       torch 2.0's argument order. torch >= 2.1 takes
+       ``(model, optim, optim_state_dict)``, so every resume of an FSDP run
+       fails; this class passes them by keyword, which both orders accept.
+    2. **The CPU.** mmengine passes ``device_id=int(LOCAL_RANK)``, a GPU
+       index, and torch's FSDP refuses ``device_id=None`` without an
+       accelerator ("FSDP needs a non-CPU accelerator device"). On a
+       machine without one, the wrapper gets
+       ``device_id=torch.device('cpu')`` unless ``model_wrapper`` sets it.
+    3. **Full optimizer state dicts of CPU states.** With
+       ``FullOptimStateDictConfig(offload_to_cpu=True)`` (what
+       ``state_dict_cfg='full'`` sets) torch only calls ``.cpu()`` on each
+       gathered state instead of cloning it, and on the CPU that returns
+       the all-gather buffer itself, which the next state key overwrites:
+       the checkpoint then holds one key's values (``exp_avg_sq``) under
+       every key (``exp_avg``, ``anchor``), silently. Seen with torch
+       2.14.1, gloo, two CPU processes. Where the optimizer state is on
+       the CPU (no accelerator, or ``cpu_offload`` of the parameters) this
+       class uses ``offload_to_cpu=False``, which clones; the states are on
+       the CPU already.
+    4. **Anchors of some parameters only.** torch gathers the optimizer
+       state of each flat parameter state key by state key, into one buffer
+       of one dtype, and asserts ("Manually calculated
+       _sharded_numel_padded is incorrect") unless every parameter with
+       state holds every key: a flat parameter that holds a rolling-back
+       backbone and a head with ``rollback=0`` (no anchor) cannot be saved,
+       in ``'full'`` or ``'local'`` mode. :meth:`optim_state_dict` gives the
+       others a zero anchor for the gather only (and a ``bfloat16`` anchor
+       its parameter's dtype, losslessly) and removes those placeholder
+       anchors from the result and from the optimizer: the checkpoint holds
+       exactly OLOR's anchors, and loading it (per parameter) needs nothing.
+    5. **Building OLOR's param groups.** The strategy builds the optimizer
+       from the wrapped model, whose parameters are then 1-D views of this
+       rank's shard (``use_orig_params=True``): the depth rule of
+       ``layer='block'`` cannot run its forward pass (``RuntimeError:
+       weight should have at least three dimensions``; it falls back to
+       registration order, with a warning), and mmengine's
+       ``flat_decay_mult`` would take every weight for a 1-D one. With
+       ``OLOROptimWrapperConstructor`` this class builds the optimizer
+       inside ``FSDP.summon_full_params(writeback=False)``, which keeps the
+       parameter objects (the optimizer still steps the shards) but gives
+       them their full shapes for the time of the build; that costs the
+       full parameters once, on every rank.
+    """
+
+    def _wrap_model(self, model: torch.nn.Module) -> Any:
+        wrapper_cfg = dict(self.model_wrapper
+                           or dict(type='MMFullyShardedDataParallel'))
+        if not has_accelerator():
+            wrapper_cfg.setdefault('device_id', torch.device('cpu'))
+        # A new dict: `self.model_wrapper` may be the config's own.
+        self.model_wrapper = wrapper_cfg
+        optim_cfg = self.optim_state_dict_config
+        if (isinstance(optim_cfg, FullOptimStateDictConfig)
+                and optim_cfg.offload_to_cpu and
+            (not has_accelerator()
+             or _offloads_params(wrapper_cfg.get('cpu_offload')))):
+            self.optim_state_dict_config = dataclasses.replace(
+                optim_cfg, offload_to_cpu=False)
+        return super()._wrap_model(model)
+
+    def build_optim_wrapper(self, optim_wrapper: Any,
+                            model: Optional[torch.nn.Module] = None) -> Any:
+        """mmengine's, with OLOR's constructor seeing full parameters (see
+        5. above)."""
+        from mmolor.optim import OLOROptimWrapperConstructor
+        constructor = optim_wrapper.get('constructor') if isinstance(
+            optim_wrapper, dict) else None
+        if isinstance(constructor, str):
+            with OPTIM_WRAPPER_CONSTRUCTORS.switch_scope_and_registry(
+                    None) as registry:
+                constructor = registry.get(constructor)
+        if isinstance(model, FSDP) and isinstance(constructor, type) and \
+                issubclass(constructor, OLOROptimWrapperConstructor):
+            with FSDP.summon_full_params(model, writeback=False):
+                return super().build_optim_wrapper(optim_wrapper, model)
+        return super().build_optim_wrapper(optim_wrapper, model)
+
+    def optim_state_dict(self) -> dict:
+        """The optimizer state dict, full or this rank's (``state_dict_cfg``),
+        with OLOR's anchors exactly where the optimizer has them.
+
+        A collective: every rank calls it (mmengine's ``save_checkpoint``
+        of this strategy does).
+        """
+        optimizer = self.optim_wrapper.optimizer
+        names = {
+            p: name.replace('_fsdp_wrapped_module.', '').replace(
+                '_checkpoint_wrapped_module.', '')
+            for name, p in self.model.named_parameters()
+        }
+        # Parameters with state but no anchor, and whether any rank holds
+        # an anchor: every rank must take the same branch below.
+        local = ({names[p]
+                  for p, s in optimizer.state.items()
+                  if s and 'anchor' not in s},
+                 any('anchor' in s for s in optimizer.state.values()))
+        gathered: List[Any] = [None] * torch_dist.get_world_size()
+        torch_dist.all_gather_object(gathered, local)
+        if not any(has_anchor for _, has_anchor in gathered):
+            return super().optim_state_dict()
+        with _uniform_anchors(optimizer):
+            state_dict = super().optim_state_dict()
+        state = state_dict.get('state', {})
+        for fqn in set().union(*(without for without, _ in gathered)):
+            state.get(fqn, {}).pop('anchor', None)
+        return state_dict
+
+    def load_optim_state_dict(self, state_dict: dict) -> None:
+        """Load an optimizer state dict saved by :meth:`optim_state_dict`.
+
+        Args:
+            state_dict (dict): The optimizer state dict (full, or this
+                rank's, as ``state_dict_cfg`` says).
+        """
+        optim_state_dict = FSDP.optim_state_dict_to_load(
+            model=self.model,
+            optim=self.optim_wrapper.optimizer,
+            optim_state_dict=state_dict)
+        self.optim_wrapper.load_state_dict(optim_state_dict)
 
 
 def prepare_dist(cfg: Config) -> Optional[str]:
@@ -154,7 +388,10 @@ def prepare_dist(cfg: Config) -> Optional[str]:
       group already exists;
     - writes that backend back to ``cfg.env_cfg.dist_cfg.backend``;
     - sets ``cfg.model_wrapper_cfg`` to ``MMDistributedDataParallel`` with
-      ``device_ids=None`` (see :func:`_cpu_model_wrapper_cfg`).
+      ``device_ids=None`` (see :func:`_cpu_model_wrapper_cfg`);
+    - for the ``FlexibleRunner``, does the same to a ``DDPStrategy``'s
+      ``model_wrapper`` (see :func:`_cpu_ddp_strategy_cfg`; an
+      ``FSDPStrategy`` needs nothing here, see :class:`FSDPStrategy`).
 
     Args:
         cfg (Config): The full config, with ``launcher`` set.
@@ -191,6 +428,7 @@ def prepare_dist(cfg: Config) -> Optional[str]:
     wrapper_cfg = _cpu_model_wrapper_cfg(cfg)
     if wrapper_cfg is not None:
         cfg.model_wrapper_cfg = wrapper_cfg
+    _cpu_ddp_strategy_cfg(cfg)
     if cfg.get('sync_bn', None) is not None:
         print_log(
             f'sync_bn={cfg.sync_bn!r} is set, but SyncBatchNorm runs on GPUs '
