@@ -53,6 +53,11 @@ $(STAMP): setup.py Makefile
 		'mmcv==$(MMCV)' 'mmengine==0.10.7' 'mmdet==3.3.0' \
 		'mmsegmentation==1.2.2' 'mmpretrain==1.2.0' 'timm==1.0.31' \
 		ftfy regex 'numpy<2'
+	# DeepSpeed for mmengine's DeepSpeedStrategy: 0.16.9, because mmengine
+	# 0.10.7 imports deepspeed.runtime.fp16.onebit, which later releases
+	# dropped. Its setup.py imports torch (hence no build isolation).
+	$(PIP) install --no-build-isolation 'deepspeed==0.16.9' \
+		'torch==$(TORCH)' 'torchvision==$(TORCHVISION)' 'numpy<2'
 	# mmolor itself; setup.py compiles OLOR's fused CPU kernel (OpenMP).
 	$(PIP) install --no-build-isolation -e '.[tests,demo]' \
 		'torch==$(TORCH)' 'torchvision==$(TORCHVISION)'
