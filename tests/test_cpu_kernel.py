@@ -238,3 +238,31 @@ def test_sgd_kernel_takes_momentum_free_steps():
         opt.step()
         ref.step()
     assert_close(p, q)
+
+
+@pytest.mark.parametrize('installed', [True, False])
+def test_foreach_groups_take_the_kernel_where_it_applies(
+        installed, fresh_loader, monkeypatch):
+    """foreach=True on the CPU: float32 groups take OLOR's kernel (the same
+    update in one pass); without the kernel, OLOR's multi-tensor update,
+    not torch's fused step."""
+    if not installed:
+        monkeypatch.setenv('MMOLOR_CPU_KERNEL', '0')
+    paths = []
+    fast_path = OLORSGD._fast_path
+
+    def spy(self, group, kappa):
+        paths.append(fast_path(self, group, kappa))
+        return paths[-1]
+
+    monkeypatch.setattr(OLORSGD, '_fast_path', spy)
+    p32 = torch.randn(1000, requires_grad=True)
+    p64 = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    opt = OLORSGD([dict(params=[p32]), dict(params=[p64])],
+                  lr=0.1,
+                  rollback=0.1,
+                  foreach=True)
+    p32.grad, p64.grad = torch.ones_like(p32), torch.ones_like(p64)
+    opt.step()
+    assert paths == (['fused', 'foreach'] if installed else
+                     ['foreach', 'foreach'])

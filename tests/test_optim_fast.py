@@ -399,13 +399,16 @@ def kernel_calls(monkeypatch):
 
 
 @pytest.mark.parametrize('anchor_dtype', [None, torch.bfloat16])
-@pytest.mark.parametrize('impl', ['default', 'fused'])
+@pytest.mark.parametrize('impl', ['default', 'fused', 'foreach'])
 @pytest.mark.parametrize('base,hparams', CONFIGS, ids=CONFIG_IDS)
 def test_cpu_kernel_matches_reference(base, hparams, impl, anchor_dtype,
                                       kernel_calls):
-    """OLOR's fused CPU kernel (float32 weights) equals the float32
-    reference with the float32 tolerances, and really ran."""
-    impl_kwargs = dict(default=dict(), fused=dict(fused=True))[impl]
+    """OLOR's fused CPU kernel (float32 weights; it takes foreach=True
+    groups too) equals the float32 reference with the float32 tolerances,
+    and really ran."""
+    impl_kwargs = dict(
+        default=dict(), fused=dict(fused=True),
+        foreach=dict(foreach=True))[impl]
     run_against_reference(
         base,
         hparams,

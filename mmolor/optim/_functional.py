@@ -6,13 +6,14 @@ call one of these functions, which only compute:
 
 - :func:`rollback_`, the review on its own (``p <- p - kappa * (p -
   anchor)``), after torch's own step, for groups that take torch's step;
-- ``_multi_tensor_olor_adam`` / ``_multi_tensor_olor_sgd``: step and review
-  in one multi-tensor update (``foreach=True``, and ``foreach=None`` off the
-  CPU);
 - ``_fused_olor_adam`` / ``_fused_olor_sgd``: OLOR's fused CPU kernel
-  (``csrc/olor_cpu.cpp``), or, where it is not installed or does not take
-  the tensors, torch's fused kernel and then the review (``fused=True``,
-  and ``foreach=None`` on the CPU).
+  (``csrc/olor_cpu.cpp``; ``fused=True``, and any ``foreach`` but False,
+  wherever it takes the tensors), or torch's fused kernel and then the
+  review (``fused=True``, and ``foreach=None`` on the CPU, where it does
+  not);
+- ``_multi_tensor_olor_adam`` / ``_multi_tensor_olor_sgd``: step and review
+  in one multi-tensor update (``foreach=True`` where OLOR's kernel does not
+  apply, and ``foreach=None`` off the CPU).
 
 Each equals torch's step followed by the review up to floating-point
 rounding; ``tests/reference.py`` is the literal version they are tested
@@ -39,14 +40,16 @@ __all__ = ['rollback_']
 # block by block so that p stays in cache did not help (measured). OLOR's
 # fused CPU kernel does step and review in one pass over each element (the
 # floor's bytes), on torch's intra-op threads (built with OpenMP at install,
-# see setup.py). torch's foreach AdamW makes eight passes and allocates a
-# full-size temporary for sqrt(v), whose page faults cost about half of its
-# time. OLOR's multi-tensor update makes as many passes as torch's (it folds
-# the bias correction of sqrt(v) into eps and the step size, which frees one
-# pass for the review) and runs them block by block: the temporaries are
+# see setup.py); it is faster than any multi-tensor update, so it also takes
+# the CPU groups that ask for foreach=True. torch's foreach AdamW makes
+# eight passes and allocates a full-size temporary for sqrt(v), whose page
+# faults cost about half of its time. OLOR's multi-tensor update makes as
+# many passes as torch's (it folds the bias correction of sqrt(v) into eps
+# and the step size, which frees one pass for the review; SGD takes one
+# pass more than torch's) and runs them block by block: the temporaries are
 # one block, stay in cache and are reused by the allocator. On GPUs each
-# foreach op is one kernel: no blocks there. README.md (Performance) has the
-# measurements.
+# foreach op is one kernel: no blocks there. README.md (Performance) has
+# the measurements.
 CPU_BLOCK_NUMEL = 1 << 18
 
 

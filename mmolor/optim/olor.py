@@ -280,12 +280,15 @@ class _OLORMixin:
         says), then the review; always so for groups that do not roll back
         (they stay exactly torch's optimizer), under GradScaler's scaled
         fused step, under ``torch.compile`` of the whole step, and for
-        tensors the fast paths do not handle. ``'foreach'``: OLOR's own
-        multi-tensor update (NOTE [fast paths]), for groups with
-        ``foreach=True``, and ``foreach=None`` off the CPU. ``'fused'``:
-        OLOR's fused CPU kernel (or torch's fused kernel, then the review),
-        for ``fused=True`` or ``foreach=None`` on the CPU (torch would loop
-        over the tensors there, which is slower).
+        tensors the fast paths do not handle. ``'fused'``: OLOR's fused CPU
+        kernel, for ``fused=True`` and any ``foreach`` but False wherever it
+        takes the tensors (the same update in one pass: faster than every
+        multi-tensor update, see README.md, Performance), else torch's fused
+        kernel and then the review, for ``fused=True`` or ``foreach=None``
+        on the CPU (torch would loop over the tensors there, which is
+        slower). ``'foreach'``: OLOR's own multi-tensor update (NOTE [fast
+        paths]), for the other groups with ``foreach=True`` and
+        ``foreach=None`` off the CPU.
         """
         if kappa == 0 or torch.compiler.is_compiling():
             return None
@@ -302,32 +305,35 @@ class _OLORMixin:
             return None
         if group.get('foreach') is False and not group.get('fused'):
             return None
-        if (group.get('fused') or group.get('foreach') is None) \
-                and self._fused_cpu_ok(group, params):
-            return 'fused'
+        kernel = self._fused_cpu_kernel(group, params)
         if group.get('fused'):
-            return None
+            return 'fused' if kernel else None
+        if kernel == 'olor' or (kernel and group.get('foreach') is None):
+            return 'fused'
         return 'foreach'
 
-    def _fused_cpu_ok(self, group: Dict[str, Any],
-                      params: List[Tensor]) -> bool:
-        """Whether a fused CPU kernel (OLOR's, else torch's) can take the
-        step of a group: every tensor on the CPU and contiguous (both
-        kernels read them as contiguous memory).
+    def _fused_cpu_kernel(self, group: Dict[str, Any],
+                          params: List[Tensor]) -> Optional[str]:
+        """Which fused CPU kernel can take the step of a group: ``'olor'``
+        (OLOR's: float32 weights and grads, float32 or bfloat16 anchors),
+        ``'torch'`` (torch's, then the review) or None. Either needs every
+        tensor on the CPU and contiguous (both read contiguous memory).
         """
         if getattr(self, '_fused_failed', False):
-            return False
+            return None
         for p in params:
             if not (p.is_cpu and p.is_contiguous() and p.grad.is_contiguous()):
-                return False
+                return None
         anchor_dtype = _torch_dtype(group['anchor_dtype']) or torch.float32
         if F.cpu_kernel() is not None and F.cpu_kernel_applies(
                 params, [p.grad for p in params], {anchor_dtype}):
-            return True  # OLOR's kernel checks the state itself
-        return all(
-            value.is_contiguous() for p in params
-            for value in self.state[p].values()
-            if torch.is_tensor(value) and value.dim() > 0)
+            return 'olor'  # it checks the state itself
+        if all(
+                value.is_contiguous() for p in params
+                for value in self.state[p].values()
+                if torch.is_tensor(value) and value.dim() > 0):
+            return 'torch'
+        return None
 
     # Implemented per base optimizer below.
     _multi_tensor_kernel: Callable
@@ -513,15 +519,16 @@ _math_doc = r"""
 
     .. note::
         Speed. Groups that do not roll back are torch's optimizer. Groups
-        that roll back take: with ``fused=True``, and with ``foreach=None``
-        on the CPU, OLOR's fused CPU kernel (float32 weights: step and
-        review in one pass, on torch's intra-op threads; compiled when
-        mmolor is installed), else torch's fused kernel and then the review;
-        with ``foreach=True`` (and ``foreach=None`` off the CPU) OLOR's
-        multi-tensor update, which computes step and review in as many
-        passes as torch's foreach step and, on the CPU, runs them block by
-        block in cache; with ``foreach=False`` torch's loop, then the
-        review. The review as a pass of its own costs about 0.45x a fused
+        that roll back take, on the CPU with float32 weights, OLOR's fused
+        CPU kernel (step and review in one pass, on torch's intra-op
+        threads; compiled when mmolor is installed) unless
+        ``foreach=False``. Elsewhere: with ``fused=True`` and with
+        ``foreach=None`` on the CPU torch's fused kernel and then the
+        review; with ``foreach=True`` (and ``foreach=None`` off the CPU)
+        OLOR's multi-tensor update, which computes step and review in as
+        many passes as torch's foreach step and, on the CPU, runs them
+        block by block in cache; with ``foreach=False`` torch's loop, then
+        the review. The review as a pass of its own costs about 0.45x a fused
         AdamW step on a CPU. All results equal torch's step followed by the
         review up to floating-point rounding.
 
