@@ -17,7 +17,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.mmolor-installed
-MAX_JOBS ?= 2
+# mmcv's build: one compiler job per core.
+MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_ARGS ?=
 TORCH := 2.14.1
 TORCHVISION := 0.29.1
@@ -49,18 +50,17 @@ $(STAMP): setup.py Makefile
 	$(PIP) install --upgrade 'setuptools>=77,<81'
 	# torch is named again in every install below: left free, pip may
 	# downgrade it to satisfy another package's pins.
-	$(PIP) install 'torch==$(TORCH)' 'torchvision==$(TORCHVISION)' \
-		'mmcv==$(MMCV)' 'mmengine==0.10.7' 'mmdet==3.3.0' \
-		'mmsegmentation==1.2.2' 'mmpretrain==1.2.0' 'timm==1.0.31' \
-		ftfy regex 'numpy<2'
+	# mmolor itself, and the OpenMMLab packages in the ranges setup.py takes
+	# from mmolor/version.py (their one source); setup.py compiles OLOR's
+	# fused CPU kernel (OpenMP), hence no build isolation.
+	$(PIP) install --no-build-isolation -e '.[tests,demo]' \
+		'torch==$(TORCH)' 'torchvision==$(TORCHVISION)' 'mmcv==$(MMCV)' \
+		'timm==1.0.31' 'numpy<2'
 	# DeepSpeed for mmengine's DeepSpeedStrategy: 0.16.9, because mmengine
 	# 0.10.7 imports deepspeed.runtime.fp16.onebit, which later releases
 	# dropped. Its setup.py imports torch (hence no build isolation).
 	$(PIP) install --no-build-isolation 'deepspeed==0.16.9' \
 		'torch==$(TORCH)' 'torchvision==$(TORCHVISION)' 'numpy<2'
-	# mmolor itself; setup.py compiles OLOR's fused CPU kernel (OpenMP).
-	$(PIP) install --no-build-isolation -e '.[tests,demo]' \
-		'torch==$(TORCH)' 'torchvision==$(TORCHVISION)'
 	$(PY) tools/check_install.py
 	@touch $(STAMP)
 

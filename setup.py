@@ -1,15 +1,19 @@
 # Copyright (c) mmolor contributors. All rights reserved.
 import os
 import os.path as osp
-import re
+import runpy
 import sys
 
 from setuptools import find_packages, setup
 
 
-def read_version():
-    with open(osp.join('mmolor', 'version.py')) as f:
-        return re.search(r"__version__ = '([^']+)'", f.read()).group(1)
+# mmolor/version.py is the one source of the version and of the ranges of
+# the stack (it checks them at import too); read without importing mmolor.
+VERSION = runpy.run_path(osp.join('mmolor', 'version.py'))
+
+
+def requirement(dist, low, high):
+    return f'{dist}>={low}' + (f',<{high}' if high else '')
 
 
 def kernel_build():
@@ -22,7 +26,7 @@ def kernel_build():
     as ``make install`` runs it) and a C++ compiler. ``MMOLOR_WITH_KERNEL``:
     ``0`` installs without the kernel, ``1`` fails the install if it cannot
     be built; unset, a failed build warns and installs without it. Without
-    the kernel OLOR takes torch's fused step and then the review (the same
+    the kernel OLOR takes torch's step and then the review (the same
     update, one more pass over memory) and warns once.
     """
     mode = os.environ.get('MMOLOR_WITH_KERNEL', '')
@@ -70,7 +74,7 @@ EXT_MODULES, CMDCLASS = kernel_build()
 
 setup(
     name='mmolor',
-    version=read_version(),
+    version=VERSION['__version__'],
     description='OLOR (One Step Learning, One Step Review) optimizers and '
     'configs for mmdetection and mmsegmentation',
     long_description=open('README.md').read() if osp.exists('README.md')
@@ -84,26 +88,21 @@ setup(
     package_data={'mmolor.optim': ['csrc/*.cpp']},
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
-    # The ranges tested together (see mmolor/version.py, which checks them
-    # at import). mmcv has no wheel on PyPI: `make install` builds it with
-    # its ops before this package is installed.
+    # mmcv has no wheel on PyPI: `make install` builds it with its ops
+    # before this package is installed.
     install_requires=[
-        'torch>=2.1',
+        requirement(dist, low, high)
+        for dist, (low, high) in VERSION['REQUIREMENTS'].items()
+    ] + [
         'torchvision',  # imported by mmpretrain
         'numpy<2',
-        'mmengine>=0.10.0,<0.11.0',
-        'mmcv>=2.0.0,<2.2.0',
-        'mmdet>=3.3.0,<3.4.0',
-        'mmsegmentation>=1.2.0,<1.3.0',
-        # ConvNeXt (mmdet's and mmseg's ConvNeXt configs use mmpretrain's)
-        # and timm backbones through mmpretrain's TIMMBackbone
-        'mmpretrain>=1.2.0,<1.3.0',
         'timm>=0.9',
         'ftfy',  # imported by mmseg, not declared by it
         'regex',
     ],
     extras_require={
-        'tests': ['pytest>=7'],
+        # expecttest: torch's own optimizer test table (optim_db)
+        'tests': ['pytest>=7', 'expecttest'],
         # the demo and the forgetting benchmark: bundled digits, plots
         'demo': ['scikit-learn', 'matplotlib'],
     },

@@ -19,7 +19,8 @@ class ReferenceOLOR:
     and hyper-parameters. ``step(grads, lrs)`` takes one gradient per param
     (None = no gradient this step) and the lr of each group for this step.
 
-    Per parameter with a gradient (OLOR.md §1):
+    Per parameter with a gradient (the paper's update, with the rollback
+    following the lr as the authors' AdamB does):
 
         theta_hat = BaseStep(theta, g)
         kappa = min(1, r * lr_t / lr_0)     (r when not following lr)
@@ -116,7 +117,8 @@ class ReferenceOLOR:
 
 
 class ReferenceAdamB:
-    """The authors' ``AdamB`` formulation, rewritten from OLOR.md §1.
+    """The authors' ``AdamB`` formulation (their ``OLOR/utils/AdamB.py``,
+    github.com/rainbow-xiao/OLOR-AAAI-2024), rewritten on tensors.
 
     Each rolling-back tensor keeps the accumulator ``D = theta - theta_0``
     (zero at the start) and a ``back_level`` b; with the bias-corrected Adam
@@ -169,7 +171,8 @@ class ReferenceAdamB:
 
 def rollback_by_depth(depth: float, max_depth: float, r_max: float,
                       r_min: float, power: float) -> float:
-    """OLOR.md §3: r(d) = r_min + (r_max - r_min) (1 - d / D) ** power."""
+    """The paper's penalty decay with diversified decay rate:
+    r(d) = r_min + (r_max - r_min) (1 - d / D) ** power."""
     if max_depth == 0:
         return r_max
     return r_min + (r_max - r_min) * math.pow(1 - depth / max_depth, power)

@@ -28,7 +28,7 @@ from mmengine.model import BaseModel, BaseModule
 from mmengine.runner import CheckpointLoader, Runner, save_checkpoint
 from torch import nn
 
-from mmolor.utils.checkpoint import (TRUST_ENV, UntrustedCheckpointError,
+from mmolor.compat.checkpoint import (TRUST_ENV, UntrustedCheckpointError,
                                      load_from_local, trust_checkpoints)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -550,7 +550,7 @@ def test_tools_refuse_a_malicious_resume_until_trusted(tmp_path):
     """tools/train.py --resume: a real checkpoint with a payload added is
     refused, and loads (payload and all) with --trust-checkpoint;
     tools/test.py refuses it too when another file is trusted."""
-    from mmolor.datasets import write_ade20k
+    from benchmarks.datasets import write_ade20k
     data_root = tmp_path / 'ade'
     write_ade20k(str(data_root), dict(train=2, val=1), image_size=(64, 64))
     config = ade_config(tmp_path, data_root)

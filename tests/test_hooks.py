@@ -249,3 +249,22 @@ def test_runner_logs_drift_to_logger_and_visualizer(tmp_path):
     (log_file, ) = glob.glob(osp.join(str(tmp_path), '*', '*.log'))
     with open(log_file) as f:
         assert 'OLOR drift |theta-theta0|/|theta0| at iter 4' in f.read()
+
+
+def test_kappa_is_read_without_writing_into_the_optimizer():
+    """The hook only reads: before the first step (no ``initial_lr`` yet)
+    kappa is the group's rollback, and the group is left as it was."""
+    from mmolor.engine.hooks import effective_kappa
+    from mmolor.optim import OLORAdamW
+    p = torch.zeros(3, requires_grad=True)
+    opt = OLORAdamW([p], lr=0.1, rollback=0.2)
+    group = opt.param_groups[0]
+    before = {k: v for k, v in group.items() if k != 'params'}
+    assert effective_kappa(opt, group) == pytest.approx(0.2)
+    assert {k: v for k, v in group.items() if k != 'params'} == before
+    p.grad = torch.ones(3)
+    opt.step()
+    group['lr'] = 0.05
+    assert effective_kappa(opt, group) == pytest.approx(0.1)
+    assert effective_kappa(torch.optim.AdamW([p], lr=0.1),
+                           dict(group)) == 0.0

@@ -484,3 +484,41 @@ def test_scheduled_rollback_anchors_from_the_first_step():
     p.grad = torch.zeros(2, dtype=torch.float64)
     opt.step()  # kappa = 0.2: theta = 0.8 * theta
     assert_close(p.detach(), torch.full((2, ), -0.08, dtype=p.dtype))
+
+
+@pytest.mark.parametrize('impl', list(IMPLS), ids=list(IMPLS))
+@pytest.mark.parametrize('base', list(OLOR_CLASSES))
+def test_step_hooks_run_once_per_step(base, impl):
+    """torch wraps the step of every optimizer class it instantiates with
+    the hook runner; OLOR's step calls torch's twin's step inside, so with
+    the twin instantiated first (any AdamW/Adam/SGD in the process) the
+    hooks must still run once per step, per-optimizer and global ones, on
+    both paths (float32: OLOR's kernel where it applies; float64: torch's
+    step and the review)."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    hparams = dict(CONFIGS[[b for b, _ in CONFIGS].index(base)][1])
+    for dtype in (torch.float32, torch.float64):
+        twin_param = torch.zeros(2, dtype=dtype, requires_grad=True)
+        TORCH_CLASSES[base]([twin_param], **hparams, **IMPLS[impl])
+        params = make_params(dtype)
+        opt = build_olor(base, hparams, IMPLS[impl], params)
+        calls = []
+        handles = [
+            opt.register_step_pre_hook(lambda *a: calls.append('pre')),
+            opt.register_step_post_hook(lambda *a: calls.append('post')),
+            register_optimizer_step_pre_hook(
+                lambda *a: calls.append('global pre')),
+            register_optimizer_step_post_hook(
+                lambda *a: calls.append('global post')),
+        ]
+        try:
+            gen = torch.Generator().manual_seed(0)
+            for step in range(1, 4):
+                set_grads(params, make_grads(params, step, gen))
+                opt.step()
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert sorted(calls) == sorted(
+            ['pre', 'post', 'global pre', 'global post'] * 3), dtype

@@ -1,7 +1,7 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-"""OLOR's fast paths (blocked multi-tensor, fused CPU kernel) and
-``anchor_dtype``, against the literal reference with the tolerances of
-test_optim.py."""
+"""OLOR's two update paths (the fused CPU kernel; torch's step and the
+review) and ``anchor_dtype``, against the literal reference with the
+tolerances of test_optim.py."""
 import copy
 import pickle
 
@@ -9,73 +9,56 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import mmolor.optim._functional as functional
 import mmolor.optim.olor as olor_module
 from mmolor.optim import OLORAdam, OLORAdamW, OLORSGD
-from mmolor.optim._helpers import iter_blocks
 from reference import ReferenceOLOR
 from test_optim import (CONFIG_IDS, CONFIGS, OLOR_CLASSES, TORCH_CLASSES,
                         make_grads, make_params, run_against_reference,
                         set_grads)
 from test_optim import build_olor as build
 
-# How each fast path is asked for. 'blocked' shrinks the CPU blocks so that
-# tensors are cut into chunks and several tensors share a block.
-FAST_IMPLS = dict(
+IMPL_KWARGS = dict(
+    forloop=dict(foreach=False),
     foreach=dict(foreach=True),
     default=dict(),
-    blocked=dict(foreach=True),
-)
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    monkeypatch.setattr(functional, 'CPU_BLOCK_NUMEL', 5)
+    fused=dict(fused=True))
 
 
 @pytest.fixture
 def path_log(monkeypatch):
-    """Records which path each rolling-back group took at each step, and
-    whether all its tensors were contiguous."""
+    """Records, for each rolling-back group at each step, whether it took
+    OLOR's kernel (True) or torch's step and the review (False), and
+    whether all its params were contiguous."""
     log = []
-    fast_path = olor_module._OLORMixin._fast_path
+    takes_kernel = olor_module._OLORMixin._takes_kernel
 
-    def spy(self, group, kappa):
-        path = fast_path(self, group, kappa)
+    def spy(self, group, k):
+        on = takes_kernel(self, group, k)
         params = [p for p in group['params'] if p.grad is not None]
-        if kappa > 0 and params:
-            log.append((path, all(p.is_contiguous() for p in params)))
-        return path
+        if k > 0 and params:
+            log.append((on, all(p.is_contiguous() for p in params)))
+        return on
 
-    monkeypatch.setattr(olor_module._OLORMixin, '_fast_path', spy)
+    monkeypatch.setattr(olor_module._OLORMixin, '_takes_kernel', spy)
     return log
 
 
-@pytest.mark.parametrize('impl', list(FAST_IMPLS))
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('impl', list(IMPL_KWARGS))
 @pytest.mark.parametrize('base,hparams', CONFIGS, ids=CONFIG_IDS)
-def test_fast_paths_match_reference(base, hparams, impl, request, path_log):
-    """Each fast path equals the reference after every step, and is the
-    path the rolling-back groups really took."""
-    if impl == 'blocked':
-        request.getfixturevalue('small_blocks')
-    opt, _ = run_against_reference(base, hparams, FAST_IMPLS[impl])
-    # torch >= 2.4 has fused CPU kernels: the fused path really ran.
-    assert not getattr(opt, '_fused_failed', False)
-
-    def expected(contiguous):
-        # foreach=None on the CPU: torch's fused kernel where it can read
-        # the tensors, OLOR's multi-tensor update elsewhere.
-        return 'fused' if impl == 'default' and contiguous else 'foreach'
-
-    # SGD with momentum takes its first step (which creates the momentum
-    # buffers) through torch.
-    first = 2 if base == 'sgd' and hparams.get('momentum') else 0
-    assert all(path in (None, expected(c)) for path, c in path_log[:first])
-    assert all(path == expected(c) for path, c in path_log[first:])
-    assert {
-        path
-        for path, _ in path_log[first:]
-    } == ({'fused', 'foreach'} if impl == 'default' else {expected(True)})
+def test_path_choice_and_result(base, hparams, impl, dtype, path_log):
+    """One rule picks the path: float32 on the CPU takes OLOR's kernel
+    unless foreach=False, for contiguous tensors (SGD's first momentum
+    step, which creates the buffers, goes through torch); everything else
+    takes torch's step in the mode asked for, then the review. Each path
+    equals the reference."""
+    run_against_reference(base, hparams, IMPL_KWARGS[impl], dtype=dtype)
+    kernel = dtype == torch.float32 and impl != 'forloop'
+    first = 2 if kernel and base == 'sgd' and hparams.get('momentum') else 0
+    assert path_log and not any(on for on, _ in path_log[:first])
+    assert all(on == (kernel and contiguous)
+               for on, contiguous in path_log[first:])
+    assert any(on for on, _ in path_log) == kernel
 
 
 @pytest.mark.parametrize('anchor_dtype',
@@ -161,68 +144,33 @@ def test_bad_anchor_dtype(value):
                   lr=0.1)
 
 
-def test_compiled_is_gone():
-    """``compiled=`` (the torch.compile'd update) was removed: slower than
-    the fused CPU kernel in every measurement. Asking for it says so."""
-    with pytest.raises(TypeError, match=r'no longer take `compiled`'):
-        OLORSGD([torch.zeros(2, requires_grad=True)], lr=0.1, compiled=True)
+def test_float8_anchor_dtype_is_refused_at_build():
+    """torch cannot combine float8 with other dtypes (the review would fail
+    at the first step): refused when the group is added, and not kept."""
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"anchor_dtype of param group 0: "
+                       r"'float8_e4m3fn'.*torch\.float32"):
+        OLORAdamW([p], lr=0.1, rollback=0.1, anchor_dtype='float8_e4m3fn')
+    opt = OLORAdamW([p], lr=0.1, rollback=0.1)
+    with pytest.raises(ValueError, match=r'anchor_dtype of param group 1'):
+        opt.add_param_group(
+            dict(
+                params=[torch.zeros(3, requires_grad=True)],
+                anchor_dtype=torch.float8_e5m2))
+    assert len(opt.param_groups) == 1
 
 
-def test_iter_blocks_covers_every_element_once():
-    shapes = [(300, ), (7, 5), (2, ), (1000, ), ()]
-    a = [torch.zeros(s) for s in shapes]
-    b = [torch.zeros(s) for s in shapes]
-    a.append(torch.zeros(40, 30).t())  # non-contiguous: never cut
-    b.append(torch.zeros(30, 40))
-    seen = []
-    for (xs, ys), (scal, ) in iter_blocks([a, b], [list(range(6))], 128):
-        assert sum(x.numel() for x in xs) < 128 + 1200
-        for x, y, s in zip(xs, ys, scal):
-            assert x.shape == y.shape
-            x.add_(1)
-            y.add_(s + 1)
-            seen.append(s)
-    assert all(torch.equal(x, torch.ones_like(x)) for x in a)
-    assert all(
-        torch.equal(y, torch.full_like(y, i + 1)) for i, y in enumerate(b))
-    # The 300- and 1000-element tensors were cut into chunks.
-    assert seen.count(0) == 3 and seen.count(3) == 8
-    assert seen.count(5) == 1
-
-
-@pytest.mark.parametrize('base', list(OLOR_CLASSES))
-def test_blocked_matches_forloop(base, small_blocks):
-    """Blocked multi-tensor update and torch's for-loop + review agree to
-    rounding (float64), as test_optim.test_foreach_matches_forloop."""
-    hparams = dict(CONFIGS[[b for b, _ in CONFIGS].index(base)][1])
-    runs = []
-    for impl in (dict(foreach=False), dict(foreach=True)):
-        params = make_params()
-        opt = build(base, hparams, impl, params)
-        gen = torch.Generator().manual_seed(3)
-        for step in range(1, 8):
-            set_grads(params, make_grads(params, step, gen))
-            opt.step()
-        runs.append((params, opt))
-    (p1, o1), (p2, o2) = runs
-    for a, b in zip(p1, p2):
-        assert_close(a, b, rtol=0, atol=1e-14)
-        for key in o1.state[a]:
-            assert_close(o1.state[a][key], o2.state[b][key])
-
-
-@pytest.mark.parametrize('impl', ['foreach', 'default'])
+@pytest.mark.parametrize('impl', ['foreach', 'default', 'fused'])
 @pytest.mark.parametrize('base,hparams', CONFIGS, ids=CONFIG_IDS)
 def test_rollback_zero_groups_stay_torch_bitwise(base, hparams, impl):
     """Groups that do not roll back are torch's optimizer bit for bit, also
     when other groups of the same optimizer take a fast path."""
     params = make_params(torch.float32)
     twin_params = [p.detach().clone().requires_grad_() for p in params]
-    kwargs = dict(foreach=dict(foreach=True), default=dict())[impl]
+    kwargs = IMPL_KWARGS[impl]
     opt = build(base, hparams, kwargs, params)
     twin_groups = [dict(params=twin_params[3:5], lr=opt.param_groups[2]['lr'])]
-    twin = TORCH_CLASSES[base](twin_groups, **hparams,
-                               **(kwargs if impl == 'foreach' else {}))
+    twin = TORCH_CLASSES[base](twin_groups, **hparams, **kwargs)
     gen = torch.Generator().manual_seed(2)
     for step in range(1, 8):
         grads = make_grads(params, step, gen)
@@ -251,30 +199,23 @@ def test_sgd_fast_path_leaves_grads_alone():
         assert torch.equal(p.grad, torch.ones(6, dtype=torch.float64))
 
 
-@pytest.mark.parametrize('impl', ['foreach', 'fused'])
-def test_per_parameter_groups_are_batched(impl, monkeypatch):
-    """mmengine's one-group-per-parameter layout: the multi-tensor update
-    and the fused kernel run once per set of equal hyper-parameters, not
-    once per group. Per-group lr and rollback still apply.
+def test_per_parameter_groups_are_batched(monkeypatch):
+    """mmengine's one-group-per-parameter layout: the fused kernel runs once
+    per set of equal hyper-parameters, not once per group. Per-group lr and
+    rollback still apply.
     """
     calls = []
-    name = f'_{"multi_tensor" if impl == "foreach" else "fused"}_kernel'
-    kernel = getattr(olor_module._OLORAdamMixin, name)
+    kernel_call = olor_module._OLORAdamMixin._kernel_call
 
-    def spy_kernel(*args, **kwargs):
-        calls.append(len(args[0]))
-        return kernel(*args, **kwargs)
+    def spy_kernel(kernel, tensor_lists, hparams):
+        calls.append(len(tensor_lists[0]))
+        return kernel_call(kernel, tensor_lists, hparams)
 
-    monkeypatch.setattr(olor_module._OLORAdamMixin, name,
+    monkeypatch.setattr(olor_module._OLORAdamMixin, '_kernel_call',
                         staticmethod(spy_kernel))
-    if impl == 'foreach':
-        kwargs = dict(foreach=True)
-        params = make_params()
-        expected = [3, 2, 2]  # (lr, rollback) pairs shared by 3, 2, 2
-    else:  # OLOR's kernel: float32, contiguous
-        kwargs = dict(fused=True)
-        params = make_params(torch.float32)[:6]
-        expected = [2, 2, 2]
+    kwargs = dict(fused=True)
+    params = make_params(torch.float32)[:6]
+    expected = [2, 2, 2]  # (lr, rollback) pairs shared by 2, 2, 2
     groups = [
         dict(params=[p], rollback=0.1 * (1 + i % 3), lr=0.01 * (1 + i % 3))
         for i, p in enumerate(params)
@@ -352,33 +293,6 @@ def test_benchmark_adamb_loop_is_the_authors_formulation():
         assert_close(o.detach(), q, rtol=1e-10, atol=1e-13)
 
 
-def test_default_cpu_path_falls_back_without_fused_kernel(monkeypatch):
-    """A torch without fused CPU kernels: the multi-tensor update takes
-    over, with the same result and the step counted once."""
-
-    def missing(*args, **kwargs):
-        raise RuntimeError('no CPU kernel')
-
-    results = []
-    for patch in (False, True):
-        if patch:
-            monkeypatch.setattr(torch, '_fused_adamw_', missing)
-        params = make_params()[:2]
-        opt = OLORAdamW(params, lr=0.01, rollback=0.2)
-        gen = torch.Generator().manual_seed(7)
-        for _ in range(3):
-            set_grads(params, [
-                torch.randn(p.shape, generator=gen, dtype=p.dtype)
-                for p in params
-            ])
-            opt.step()
-        assert getattr(opt, '_fused_failed', False) == patch
-        assert all(float(opt.state[p]['step']) == 3 for p in params)
-        results.append(params)
-    for a, b in zip(*results):
-        assert_close(a, b, rtol=0, atol=1e-14)
-
-
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """OLOR's fused CPU kernel, built here, with its calls counted."""
@@ -394,7 +308,7 @@ def kernel_calls(monkeypatch):
             fn = getattr(kernel, name)
             return lambda *args: (calls.append(name), fn(*args))[1]
 
-    monkeypatch.setattr(functional, 'cpu_kernel', lambda: Counting())
+    monkeypatch.setattr(olor_module, 'cpu_kernel', lambda: Counting())
     return calls
 
 
@@ -453,23 +367,23 @@ def test_cpu_kernel_can_be_switched_off(monkeypatch):
 
 
 def test_cpu_kernel_leaves_float16_anchors_to_torch(kernel_calls):
-    """float16 anchors: torch's fused step and the review, same numbers."""
+    """float16 anchors: torch's step and the review, same numbers."""
     opt, _ = run_against_reference(
         'adamw', dict(lr=0.01, weight_decay=0.1), dict(),
         dtype=torch.float32, anchor_dtype=torch.float16)
     assert kernel_calls == []
-    assert not getattr(opt, '_fused_failed', False)
 
 
-def test_cpu_kernel_refusing_odd_state_falls_back(kernel_calls):
-    """A non-contiguous moment (e.g. from an odd checkpoint): the kernel
-    refuses before writing, the step is taken by the multi-tensor update,
-    and it is the step the reference takes."""
+def test_non_contiguous_state_takes_torch_path(kernel_calls, path_log):
+    """A non-contiguous moment (e.g. from an odd checkpoint): that step goes
+    through torch's step and the review, and it is the step the reference
+    takes (torch keeps the layout, so later steps stay there); the kernel
+    took the step before."""
     torch.manual_seed(0)
     p = torch.randn(4, 3, requires_grad=True)
     twin = p.detach().clone().requires_grad_()
     opt = OLORAdamW([p], lr=0.01, rollback=0.2)
-    ref = OLORAdamW([twin], lr=0.01, rollback=0.2, foreach=True)
+    ref = OLORAdamW([twin], lr=0.01, rollback=0.2, foreach=False)
     for step in range(3):
         grad = torch.randn(4, 3)
         p.grad, twin.grad = grad.clone(), grad.clone()
@@ -481,4 +395,5 @@ def test_cpu_kernel_refusing_odd_state_falls_back(kernel_calls):
         ref.step()
         assert_close(p, twin)
         assert float(opt.state[p]['step']) == step + 1
-    assert opt._fused_failed
+    assert [on for on, _ in path_log[:2]] == [True, False]
+    assert kernel_calls == ['olor_adam_']

@@ -17,9 +17,10 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import mmolor  # noqa: F401  registries and checkpoint loading
-from mmolor.utils import prepare_dist, setup_scope
-from mmolor.utils.checkpoint import trust_checkpoints
+import mmolor  # noqa: F401  registries; mmolor.compat's fixes (runner loaded)
+from mmolor.compat.dist import prepare_dist
+from mmolor.compat.checkpoint import trust_checkpoints
+from mmolor.utils import setup_scope
 
 
 def parse_args():

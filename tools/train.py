@@ -19,9 +19,10 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import mmolor  # noqa: F401  registries and checkpoint loading
-from mmolor.utils import has_accelerator, prepare_dist, setup_scope
-from mmolor.utils.checkpoint import trust_checkpoints
+import mmolor  # noqa: F401  registries; mmolor.compat's fixes (runner loaded)
+from mmolor.compat.dist import has_accelerator, prepare_dist
+from mmolor.compat.checkpoint import trust_checkpoints
+from mmolor.utils import setup_scope
 
 
 def parse_args():

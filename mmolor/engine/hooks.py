@@ -10,24 +10,31 @@ from mmengine.registry import HOOKS
 from torch import Tensor, nn
 
 from mmolor.optim.layer_depth import get_layer_depths
-from mmolor.optim.olor import _OLORMixin
+from mmolor.optim.olor import _OLORMixin, rollback_fraction
 from .drift import layer_labels, relative_drift
 
-__all__ = ['OLORDriftHook', 'effective_kappa']
+__all__ = ['OLORDriftHook', 'effective_kappa', 'olor_optimizer']
 
 DATA_BATCH = Optional[Sequence[dict]]
+
+
+def olor_optimizer(
+        optimizer: torch.optim.Optimizer) -> Optional[torch.optim.Optimizer]:
+    """The OLOR optimizer that holds the anchors: ``optimizer`` itself, the
+    local optimizer of a ZeRO optimizer (this rank's shard), or None."""
+    local = getattr(optimizer, 'optim', optimizer)  # torch's ZeRO: `.optim`
+    return local if isinstance(local, _OLORMixin) else None
 
 
 def effective_kappa(optimizer: torch.optim.Optimizer, group: dict) -> float:
     """The rollback fraction ``kappa`` a param group takes in a step.
 
-    ``rollback * lr / initial_lr`` (capped at 1) for an OLOR optimizer whose
-    group follows the learning rate, ``rollback`` when it does not, and 0 for
-    any other optimizer.
+    ``rollback * lr / initial_lr`` (capped at 1) for an OLOR optimizer (or
+    a ZeRO optimizer over one) whose group follows the learning rate,
+    ``rollback`` when it does not, and 0 for any other optimizer. Reads the
+    group only.
     """
-    if not isinstance(optimizer, _OLORMixin):
-        return 0.0
-    return optimizer._kappa(group)
+    return rollback_fraction(group) if olor_optimizer(optimizer) else 0.0
 
 
 @HOOKS.register_module()
@@ -114,15 +121,14 @@ class OLORDriftHook(Hook):
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
-        optimizer = runner.optim_wrapper.optimizer
+        olor = olor_optimizer(runner.optim_wrapper.optimizer)
         # Copy only what nothing else keeps: a frozen parameter never
-        # moves, and one in an anchored OLOR group gets its anchor at the
-        # first step that moves it.
+        # moves, and one in an anchored OLOR group (of this rank's shard,
+        # under ZeRO) gets its anchor at the first step that moves it.
         anchored = {
             p
-            for group in optimizer.param_groups
-            if isinstance(optimizer, _OLORMixin) and optimizer._anchored(group)
-            for p in group['params']
+            for group in (olor.param_groups if olor else ())
+            if olor._anchored(group) for p in group['params']
         }
         self._stages = OrderedDict(
             (label, [(p, None if not p.requires_grad or p in anchored else
@@ -166,9 +172,11 @@ class OLORDriftHook(Hook):
             kappa = effective_kappa(optimizer, group)
             for p in group['params']:
                 kappa_of[p] = kappa
+        olor = olor_optimizer(optimizer)
+        state = olor.state if olor else {}
         drift, kappa = {}, {}
         for label, pairs in self._stages.items():
-            pairs = [(p, optimizer.state.get(p, {}).get('anchor', p)
+            pairs = [(p, state.get(p, {}).get('anchor', p)
                       if anchor is None else anchor) for p, anchor in pairs]
             drift[f'olor_drift/{label}'] = relative_drift(pairs)
             numel = sum(p.numel() for p, _ in pairs)

@@ -1,5 +1,4 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-from . import zero  # noqa: F401  ZeRO with optimizer_type='OLORAdamW'
 from .constructor import OLOROptimWrapperConstructor, rollback_by_depth
 from .layer_depth import LayerDepths, get_layer_depths
 from .olor import OLORAdam, OLORAdamW, OLORSGD, rollback_

@@ -9,8 +9,8 @@ at training time: no process needs a C++ compiler, and none waits on a
 build lock. Where mmolor was installed without it (no C++ compiler or no
 torch at install time, ``MMOLOR_WITH_KERNEL=0``), or where it no longer
 loads (torch changed since the install), OLOR warns once and takes torch's
-fused step followed by the review instead: the same update, one more pass
-over memory. ``MMOLOR_CPU_KERNEL=0`` switches it off without a warning.
+step (in the mode the group asks for) followed by the review instead: the
+same update, one more pass over memory. ``MMOLOR_CPU_KERNEL=0`` switches it off without a warning.
 """
 import importlib
 import os
@@ -45,8 +45,8 @@ def cpu_kernel() -> Optional[ModuleType]:
         _error = f'{type(e).__name__}: {e}'
         warnings.warn(
             'mmolor: OLOR\'s fused CPU kernel is not available '
-            f'({_error.strip()[:300]}). OLOR takes torch\'s fused step and '
-            'then the review instead (the same update, one more pass over '
+            f'({_error.strip()[:300]}). OLOR takes torch\'s step and then '
+            'the review instead (the same update, one more pass over '
             'memory). The kernel is compiled when mmolor is installed: '
             'reinstall it with a C++ compiler and torch present, e.g. '
             '`pip install --no-build-isolation -e .` in its checkout. Set '

@@ -6,28 +6,28 @@ only): https://github.com/rainbow-xiao/OLOR-AAAI-2024.
 
 Every optimizer step first takes the ordinary step of the torch optimizer the
 class extends ("one step learning"), then pulls the result back toward the
-pre-trained weights ("one step review"). Groups that do not roll back take
-torch's own step, untouched. Groups that roll back take either torch's step
-followed by the review, or, where that is faster, OLOR's own update that
-computes step and review together. Both compute the same thing, up to
-floating-point rounding.
+pre-trained weights ("one step review"). A group takes one of two paths,
+chosen in one place (``_OLORMixin._takes_kernel``):
 
-This module holds the optimizer classes: their arguments, state and the
-choice of path for each group (``_OLORMixin._fast_path``). The update
-kernels they call are in ``_functional.py`` (see NOTE [fast paths] there).
+- OLOR's fused CPU kernel (``csrc/olor_cpu.cpp``): step and review in one
+  pass over memory, where it applies (float32 weights on the CPU, unless
+  ``foreach=False``);
+- otherwise torch's own step, in whatever mode the group asks for
+  (for-loop, foreach or fused), followed by the review (:func:`rollback_`).
+
+Both compute the same update up to floating-point rounding;
+``tests/reference.py`` is the literal version they are tested against.
 """
 import contextlib
-from typing import (Any, Callable, Dict, Iterator, List, Optional, Tuple,
-                    Union)
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from mmengine.registry import OPTIMIZERS
 from torch import Tensor
 from torch.optim import SGD, Adam, AdamW
 
-from . import _functional as F
+from ._cpu_kernel import cpu_kernel
 from ._functional import rollback_
-from ._helpers import fast_path_supports
 
 __all__ = ['OLORAdamW', 'OLORAdam', 'OLORSGD', 'rollback_']
 
@@ -37,6 +37,8 @@ __all__ = ['OLORAdamW', 'OLORAdam', 'OLORSGD', 'rollback_']
 # (``param_name='rollback'``).
 _GROUP_DEFAULTS = dict(
     rollback=0.0, rollback_follows_lr=True, anchor_dtype=None)
+# Anchor dtypes OLOR's fused CPU kernel reads (None: the weights' float32).
+_KERNEL_ANCHOR_DTYPES = (None, 'float32', 'bfloat16')
 
 
 def validate_rollback(value: Any, name: str = 'rollback') -> float:
@@ -61,6 +63,8 @@ def validate_anchor_dtype(value: Any,
 
     Accepts None (the parameter's own dtype), a floating-point
     :class:`torch.dtype` or its name (``'bfloat16'``, ``'torch.float16'``).
+    Whether torch can combine it with the parameters' dtypes is checked when
+    a param group is added.
 
     Raises:
         ValueError: ``value`` is not a floating-point dtype.
@@ -80,12 +84,46 @@ def _torch_dtype(name: Optional[str]) -> Optional[torch.dtype]:
     return None if name is None else getattr(torch, name)
 
 
+def _check_anchor_promotion(name: Optional[str], params: List[Tensor],
+                            where: str) -> None:
+    """The review combines anchor and weight: torch must promote them (it
+    refuses float8 with every other dtype)."""
+    dtype = _torch_dtype(name)
+    for p in params if dtype is not None else ():
+        try:
+            torch.promote_types(dtype, p.dtype)
+        except RuntimeError as e:
+            raise ValueError(
+                f'Invalid {where}: {name!r} (the review combines anchors '
+                f'with the {p.dtype} parameters of the group, and torch '
+                f'refuses: {e}). Use float32, bfloat16 or float16, or None '
+                'for the parameter\'s own dtype') from None
+
+
+def rollback_fraction(group: Dict[str, Any]) -> float:
+    """The rollback fraction of a group's step: ``rollback * lr_t / lr_0``.
+
+    Reads the group only. lr_0 is the group's ``initial_lr`` (see NOTE
+    [initial lr]); before it is known the step is the first one, and kappa
+    is ``rollback``.
+    """
+    rollback = group['rollback']
+    if rollback == 0 or not group['rollback_follows_lr']:
+        return float(rollback)
+    lr = float(group['lr'])
+    initial_lr = float(group.get('initial_lr', lr))
+    if initial_lr <= 0:
+        return 0.0 if lr == 0 else float(rollback)
+    # lr_t may exceed lr_0 (e.g. OneCycle); kappa stays a fraction.
+    return min(rollback * lr / initial_lr, 1.0)
+
+
 class _OLORMixin:
     """The review, shared by every OLOR optimizer.
 
     Placed before the torch optimizer in the MRO: ``__init__`` takes the OLOR
-    arguments and passes everything else to torch; ``step`` runs torch's own
-    step (or the fused update, see NOTE [fast paths]) and then the review;
+    arguments and passes everything else to torch; ``step`` takes the step
+    and the review on one of two paths (see the module docstring);
     ``add_param_group`` adds and validates the OLOR keys.
     """
 
@@ -93,6 +131,8 @@ class _OLORMixin:
     param_groups: List[Dict[str, Any]]
     state: Dict[Tensor, Dict[str, Any]]
     defaults: Dict[str, Any]
+    # The torch optimizer whose step is "one step learning".
+    _torch_optimizer: type
 
     def __init__(self,
                  params,
@@ -101,12 +141,6 @@ class _OLORMixin:
                  rollback_follows_lr: bool = True,
                  anchor_dtype: Union[None, str, torch.dtype] = None,
                  **kwargs) -> None:
-        if 'compiled' in kwargs:
-            raise TypeError(
-                'OLOR optimizers no longer take `compiled`: OLOR\'s fused '
-                'CPU kernel (fused=True, or no flag on the CPU) was faster '
-                'than the torch.compile\'d update in every measurement '
-                '(README.md, Performance)')
         validate_rollback(rollback)
         if not isinstance(rollback_follows_lr, bool):
             raise TypeError('Invalid rollback_follows_lr: '
@@ -140,6 +174,13 @@ class _OLORMixin:
             raise RuntimeError('OLOR optimizers do not support '
                                '`differentiable=True`')
         super().add_param_group(param_group)  # type: ignore[misc]
+        group = self.param_groups[-1]  # torch has made `params` a list
+        try:
+            _check_anchor_promotion(group['anchor_dtype'], group['params'],
+                                    f'anchor_dtype of param group {index}')
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # Called by unpickling and at the end of load_state_dict().
@@ -165,27 +206,6 @@ class _OLORMixin:
         # A group keeps anchors when it rolls back now, or will once a
         # ParamScheduler (which records `initial_rollback`) raises it.
         return group['rollback'] > 0 or group.get('initial_rollback', 0) > 0
-
-    @staticmethod
-    def _kappa(group: Dict[str, Any]) -> float:
-        """The rollback fraction of this step: ``rollback * lr_t / lr_0``."""
-        rollback = group['rollback']
-        if rollback == 0 or not group['rollback_follows_lr']:
-            return float(rollback)
-        lr = float(group['lr'])
-        # NOTE [initial lr]: lr_0 is `initial_lr`, which mmengine's and
-        # torch's schedulers set when they are built (after auto_scale_lr);
-        # without a scheduler it is the first positive lr the group steps
-        # with (a step at lr 0 moves nothing, so it has nothing to review).
-        if 'initial_lr' not in group:
-            if lr <= 0:
-                return 0.0
-            group['initial_lr'] = lr
-        initial_lr = float(group['initial_lr'])
-        if initial_lr <= 0:
-            return 0.0 if lr == 0 else float(rollback)
-        # lr_t may exceed lr_0 (e.g. OneCycle); kappa stays a fraction.
-        return min(rollback * lr / initial_lr, 1.0)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):
@@ -222,25 +242,36 @@ class _OLORMixin:
                         copy=True,
                         memory_format=torch.preserve_format)
 
-        kappas = [self._kappa(group) for group in self.param_groups]
-        paths = [
-            self._fast_path(group, kappa)
-            for group, kappa in zip(self.param_groups, kappas)
+        kappas = []
+        for group in self.param_groups:
+            # NOTE [initial lr]: lr_0 is `initial_lr`, which mmengine's and
+            # torch's schedulers set when they are built (after
+            # auto_scale_lr); without a scheduler it is the first positive lr
+            # the group steps with (a step at lr 0 moves nothing, so it has
+            # nothing to review).
+            if ('initial_lr' not in group and group['rollback'] != 0
+                    and group['rollback_follows_lr']):
+                if not float(group['lr']) > 0:
+                    kappas.append(0.0)
+                    continue
+                group['initial_lr'] = group['lr']
+            kappas.append(rollback_fraction(group))
+        on_kernel = [
+            self._takes_kernel(group, k)
+            for group, k in zip(self.param_groups, kappas)
         ]
+
         torch_groups = [
-            g for g, path in zip(self.param_groups, paths) if path is None
+            g for g, on in zip(self.param_groups, on_kernel) if not on
         ]
-        if len(torch_groups) == len(self.param_groups):
-            super().step()  # type: ignore[misc]
-        elif torch_groups:
+        if torch_groups:
             with self._only_groups(torch_groups):
-                super().step()  # type: ignore[misc]
-        for kind in ('fused', 'foreach'):
-            items = [(g, k)
-                     for g, k, path in zip(self.param_groups, kappas, paths)
-                     if path == kind]
-            if items:
-                self._multi_tensor_update(items, new_anchors, kind == 'fused')
+                self._torch_step()
+        kernel_groups = [(g, k)
+                         for g, k, on in zip(self.param_groups, kappas,
+                                             on_kernel) if on]
+        if kernel_groups:
+            self._kernel_step(kernel_groups, new_anchors)
         for p, anchor in new_anchors.items():
             self.state[p]['anchor'] = anchor
 
@@ -250,18 +281,71 @@ class _OLORMixin:
         if found_inf is not None and found_inf.item() != 0:
             return loss
 
-        for group, kappa, path in zip(self.param_groups, kappas, paths):
-            if kappa == 0 or path is not None:
+        for group, k, on in zip(self.param_groups, kappas, on_kernel):
+            if k == 0 or on:
                 continue
             params = [p for p in group['params'] if p.grad is not None]
-            F.rollback_(
-                params,
-                [self.state[p]['anchor'] for p in params],
-                kappa=kappa,
+            rollback_(
+                params, [self.state[p]['anchor'] for p in params],
+                kappa=k,
                 # Fused base steps get the foreach review (one launch per
                 # bucket); otherwise follow the group's own choice.
                 foreach=True if group.get('fused') else group.get('foreach'))
         return loss
+
+    def _takes_kernel(self, group: Dict[str, Any], k: float) -> bool:
+        """Whether a group takes OLOR's fused CPU kernel (else torch's step
+        and then the review): the one place that picks the path.
+
+        The kernel takes groups that roll back, do not ask for
+        ``foreach=False``, hold float32 weights on the CPU with contiguous
+        weights, grads and state, keep float32 or bfloat16 anchors and (SGD
+        with momentum) have their momentum buffers. Never under GradScaler's
+        scaled step, ``torch.compile``, ``capturable``/``differentiable`` or
+        a tensor lr: torch's step handles those.
+        """
+        if k == 0 or cpu_kernel() is None:
+            return False
+        if group.get('foreach') is False and not group.get('fused'):
+            return False
+        if (torch.compiler.is_compiling() or group.get('capturable')
+                or torch.is_tensor(group['lr'])
+                or getattr(self, 'grad_scale', None) is not None
+                or getattr(self, 'found_inf', None) is not None):
+            return False
+        if group['anchor_dtype'] not in _KERNEL_ANCHOR_DTYPES:
+            return False
+        params = [p for p in group['params'] if p.grad is not None]
+        if not params:
+            return False
+        momentum = group.get('momentum', 0)
+        for p in params:
+            # torch keeps a grad's dtype, device and layout equal to its
+            # param's; sparse grads were refused above.
+            if not (type(p) in (Tensor, torch.nn.Parameter)
+                    and type(p.grad) is Tensor and p.is_cpu
+                    and p.dtype == torch.float32 and p.is_contiguous()
+                    and p.grad.is_contiguous()):
+                return False
+            state = self.state[p]
+            if momentum != 0 and state.get('momentum_buffer') is None:
+                return False  # torch's first step creates it
+            if not all(
+                    v.is_contiguous() for v in state.values()
+                    if torch.is_tensor(v)):
+                return False
+        return True
+
+    def _torch_step(self) -> None:
+        """torch's own step, without the step hooks: torch wraps the step of
+        every optimizer class it instantiates with the hook runner, so
+        calling ``super().step()`` would run the hooks a second time once
+        the torch twin has been instantiated. They run once, around OLOR's
+        step."""
+        step = self._torch_optimizer.step
+        if getattr(step, 'hooked', False):
+            step = step.__wrapped__
+        step(self)
 
     @contextlib.contextmanager
     def _only_groups(self, groups: List[Dict[str, Any]]) -> Iterator[None]:
@@ -273,200 +357,89 @@ class _OLORMixin:
         finally:
             self.param_groups = saved
 
-    def _fast_path(self, group: Dict[str, Any], kappa: float) -> Optional[str]:
-        """How a group takes its step and review.
-
-        None: torch's step (single-tensor, foreach or fused, as the group
-        says), then the review; always so for groups that do not roll back
-        (they stay exactly torch's optimizer), under GradScaler's scaled
-        fused step, under ``torch.compile`` of the whole step, and for
-        tensors the fast paths do not handle. ``'fused'``: OLOR's fused CPU
-        kernel, for ``fused=True`` and any ``foreach`` but False wherever it
-        takes the tensors (the same update in one pass: faster than every
-        multi-tensor update, see README.md, Performance), else torch's fused
-        kernel and then the review, for ``fused=True`` or ``foreach=None``
-        on the CPU (torch would loop over the tensors there, which is
-        slower). ``'foreach'``: OLOR's own multi-tensor update (NOTE [fast
-        paths]), for the other groups with ``foreach=True`` and
-        ``foreach=None`` off the CPU.
-        """
-        if kappa == 0 or torch.compiler.is_compiling():
-            return None
-        if (getattr(self, 'grad_scale', None) is not None
-                or getattr(self, 'found_inf', None) is not None):
-            return None
-        if (group.get('capturable') or group.get('differentiable')
-                or torch.is_tensor(group['lr'])):
-            return None
-        params = [p for p in group['params'] if p.grad is not None]
-        if not params or not fast_path_supports(params):
-            return None
-        if not self._fast_state_ready(group, params):
-            return None
-        if group.get('foreach') is False and not group.get('fused'):
-            return None
-        kernel = self._fused_cpu_kernel(group, params)
-        if group.get('fused'):
-            return 'fused' if kernel else None
-        if kernel == 'olor' or (kernel and group.get('foreach') is None):
-            return 'fused'
-        return 'foreach'
-
-    def _fused_cpu_kernel(self, group: Dict[str, Any],
-                          params: List[Tensor]) -> Optional[str]:
-        """Which fused CPU kernel can take the step of a group: ``'olor'``
-        (OLOR's: float32 weights and grads, float32 or bfloat16 anchors),
-        ``'torch'`` (torch's, then the review) or None. Either needs every
-        tensor on the CPU and contiguous (both read contiguous memory).
-        """
-        if getattr(self, '_fused_failed', False):
-            return None
-        for p in params:
-            if not (p.is_cpu and p.is_contiguous() and p.grad.is_contiguous()):
-                return None
-        anchor_dtype = _torch_dtype(group['anchor_dtype']) or torch.float32
-        if F.cpu_kernel() is not None and F.cpu_kernel_applies(
-                params, [p.grad for p in params], {anchor_dtype}):
-            return 'olor'  # it checks the state itself
-        if all(
-                value.is_contiguous() for p in params
-                for value in self.state[p].values()
-                if torch.is_tensor(value) and value.dim() > 0):
-            return 'torch'
-        return None
-
-    # Implemented per base optimizer below.
-    _multi_tensor_kernel: Callable
-    _fused_kernel: Callable
-
-    def _fast_state_ready(self, group: Dict[str, Any],
-                          params: List[Tensor]) -> bool:
-        raise NotImplementedError
-
-    def _multi_tensor_args(
-        self, group: Dict[str, Any], kappa: float, new_anchors: Dict[Tensor,
-                                                                     Tensor]
-    ) -> Tuple[Dict[str, Any], List[List[Tensor]]]:
-        raise NotImplementedError
-
-    def _multi_tensor_update(self, items: List[Tuple[Dict[str, Any], float]],
-                             new_anchors: Dict[Tensor,
-                                               Tensor], fused: bool) -> None:
-        """Run the multi-tensor update (or torch's fused kernel and the
-        review) over ``items``, pairs of a group and its kappa.
+    def _kernel_step(self, items: List[Tuple[Dict[str, Any], float]],
+                     new_anchors: Dict[Tensor, Tensor]) -> None:
+        """Step and review of ``items`` (pairs of a group and its kappa) in
+        OLOR's fused CPU kernel.
 
         Groups with the same hyper-parameters and kappa share one call:
         mmengine's constructor makes one group per parameter, and per-call
         overhead would otherwise add up.
         """
         batches: Dict[Tuple, List[List[Tensor]]] = {}
-        for group, kappa in items:
-            kwargs, tensor_lists = self._multi_tensor_args(
-                group, kappa, new_anchors)
-            key = tuple(sorted(kwargs.items()))
-            if key not in batches:
-                batches[key] = [[] for _ in tensor_lists]
-            for out, tensors in zip(batches[key], tensor_lists):
+        for group, k in items:
+            hparams, tensor_lists = self._kernel_args(group, k)
+            params = tensor_lists[0]
+            tensor_lists.append([
+                self.state[p]['anchor']
+                if 'anchor' in self.state[p] else new_anchors[p]
+                for p in params
+            ])
+            batch = batches.setdefault(hparams, [[] for _ in tensor_lists])
+            for out, tensors in zip(batch, tensor_lists):
                 out.extend(tensors)
-        for key, tensor_lists in batches.items():
-            kwargs = dict(key, cpu_block_numel=F.CPU_BLOCK_NUMEL)
-            if fused:
-                try:
-                    self._fused_kernel(*tensor_lists, **kwargs)
-                    continue
-                except (RuntimeError, AttributeError):  # no fused CPU kernel
-                    self._fused_failed = True
-            self._multi_tensor_kernel(*tensor_lists, **kwargs)
+        kernel = cpu_kernel()
+        for hparams, tensor_lists in batches.items():
+            self._kernel_call(kernel, tensor_lists, hparams)
 
-    def _anchor_of(self, p: Tensor, new_anchors: Dict[Tensor,
-                                                      Tensor]) -> Tensor:
-        state = self.state[p]
-        return state['anchor'] if 'anchor' in state else new_anchors[p]
-
-    def _decoupled(self, group: Dict[str, Any]) -> bool:
-        return bool(
-            group.get('decoupled_weight_decay', isinstance(self, AdamW)))
+    # Implemented per base optimizer below: the group's hyper-parameters
+    # (a hashable tuple) and tensor lists, and the kernel call.
+    _kernel_args: Callable[..., Tuple[Tuple, List[List[Tensor]]]]
+    _kernel_call: Callable[..., None]
 
 
 class _OLORAdamMixin(_OLORMixin):
-    """Fast paths of the Adam family (Adam, AdamW)."""
+    """Adam and AdamW: torch's ``_init_group`` and the kernel's Adam."""
 
     _init_group: Callable
 
-    def _fast_state_ready(self, group: Dict[str, Any],
-                          params: List[Tensor]) -> bool:
-        return True  # torch's _init_group creates missing state
-
-    def _adam_lists(self, group: Dict[str, Any],
-                    new_anchors: Dict[Tensor, Tensor]) -> List[List[Tensor]]:
-        params: List[Tensor] = []
-        grads: List[Tensor] = []
-        exp_avgs: List[Tensor] = []
-        exp_avg_sqs: List[Tensor] = []
-        max_exp_avg_sqs: List[Tensor] = []
-        state_steps: List[Tensor] = []
-        self._init_group(group, params, grads, exp_avgs, exp_avg_sqs,
-                         max_exp_avg_sqs, state_steps)
-        anchors = [self._anchor_of(p, new_anchors) for p in params]
-        return [
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-            anchors
-        ]
-
-    _multi_tensor_kernel = staticmethod(F._multi_tensor_olor_adam)
-    _fused_kernel = staticmethod(F._fused_olor_adam)
-
-    def _multi_tensor_args(self, group, kappa, new_anchors):
+    def _kernel_args(self, group, k):
+        lists: Tuple[List[Tensor], ...] = ([], [], [], [], [], [])
+        # params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps; it
+        # creates missing state as torch's step does.
+        self._init_group(group, *lists)
         beta1, beta2 = group['betas']
-        kwargs = dict(
-            amsgrad=group['amsgrad'],
-            beta1=beta1,
-            beta2=beta2,
-            lr=group['lr'],
-            weight_decay=group['weight_decay'],
-            eps=group['eps'],
-            maximize=group['maximize'],
-            decoupled_weight_decay=self._decoupled(group),
-            kappa=kappa)
-        return kwargs, self._adam_lists(group, new_anchors)
+        decoupled = bool(
+            group.get('decoupled_weight_decay', isinstance(self, AdamW)))
+        hparams = (group['amsgrad'], beta1, beta2, group['lr'], group['eps'],
+                   group['weight_decay'], decoupled, k, group['maximize'])
+        return hparams, list(lists)
+
+    @staticmethod
+    def _kernel_call(kernel, tensor_lists, hparams):
+        params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, anchors = \
+            tensor_lists
+        amsgrad, beta1, beta2, lr, eps, wd, decoupled, k, maximize = hparams
+        # The kernel counts the steps and derives each tensor's bias
+        # corrections itself.
+        kernel.olor_adam_(params, grads, exp_avgs, exp_avg_sqs,
+                          max_sqs if amsgrad else [], steps, anchors, lr,
+                          beta1, beta2, eps, wd, decoupled, k, amsgrad,
+                          maximize)
 
 
 class _OLORSGDMixin(_OLORMixin):
-    """Fast paths of SGD."""
+    """SGD: torch's ``_init_group`` and the kernel's SGD."""
 
     _init_group: Callable
 
-    def _fast_state_ready(self, group: Dict[str, Any],
-                          params: List[Tensor]) -> bool:
-        # The first momentum step creates the buffers (torch copies the
-        # gradient in); it goes through torch's step.
-        return group['momentum'] == 0 or all(
-            self.state[p].get('momentum_buffer') is not None for p in params)
-
-    def _sgd_lists(self, group: Dict[str, Any],
-                   new_anchors: Dict[Tensor, Tensor]) -> List[List[Tensor]]:
+    def _kernel_args(self, group, k):
         params: List[Tensor] = []
         grads: List[Tensor] = []
-        bufs: List[Optional[Tensor]] = []
+        bufs: List[Tensor] = []
         self._init_group(group, params, grads, bufs)
-        anchors = [self._anchor_of(p, new_anchors) for p in params]
-        if group['momentum'] == 0:
-            bufs = [None] * len(params)
-        return [params, grads, bufs, anchors]  # type: ignore[list-item]
+        hparams = (group['weight_decay'], group['momentum'],
+                   group['dampening'], group['nesterov'], group['lr'], k,
+                   group['maximize'])
+        return hparams, [params, grads,
+                         bufs if group['momentum'] != 0 else []]
 
-    _multi_tensor_kernel = staticmethod(F._multi_tensor_olor_sgd)
-    _fused_kernel = staticmethod(F._fused_olor_sgd)
-
-    def _multi_tensor_args(self, group, kappa, new_anchors):
-        kwargs = dict(
-            weight_decay=group['weight_decay'],
-            momentum=group['momentum'],
-            lr=group['lr'],
-            dampening=group['dampening'],
-            nesterov=group['nesterov'],
-            maximize=group['maximize'],
-            kappa=kappa)
-        return kwargs, self._sgd_lists(group, new_anchors)
+    @staticmethod
+    def _kernel_call(kernel, tensor_lists, hparams):
+        params, grads, bufs, anchors = tensor_lists
+        wd, momentum, dampening, nesterov, lr, k, maximize = hparams
+        kernel.olor_sgd_(params, grads, bufs, anchors, wd, momentum,
+                         dampening, nesterov, -(1 - k) * lr, k, maximize)
 
 
 _math_doc = r"""
@@ -522,15 +495,11 @@ _math_doc = r"""
         that roll back take, on the CPU with float32 weights, OLOR's fused
         CPU kernel (step and review in one pass, on torch's intra-op
         threads; compiled when mmolor is installed) unless
-        ``foreach=False``. Elsewhere: with ``fused=True`` and with
-        ``foreach=None`` on the CPU torch's fused kernel and then the
-        review; with ``foreach=True`` (and ``foreach=None`` off the CPU)
-        OLOR's multi-tensor update, which computes step and review in as
-        many passes as torch's foreach step and, on the CPU, runs them
-        block by block in cache; with ``foreach=False`` torch's loop, then
-        the review. The review as a pass of its own costs about 0.45x a fused
-        AdamW step on a CPU. All results equal torch's step followed by the
-        review up to floating-point rounding.
+        ``foreach=False``. Everywhere else they take torch's step in the
+        mode the group asks for (for-loop, ``foreach``, ``fused``), then
+        the review as one multi-tensor pass (about 0.45x a fused AdamW step
+        on a CPU). Both paths equal torch's step followed by the review up
+        to floating-point rounding.
 
     .. note::
         The authors' ``AdamB`` writes the same update as
@@ -546,17 +515,17 @@ _math_doc = r"""
 
 @OPTIMIZERS.register_module()
 class OLORAdamW(_OLORAdamMixin, AdamW):
-    pass
+    _torch_optimizer = AdamW
 
 
 @OPTIMIZERS.register_module()
 class OLORAdam(_OLORAdamMixin, Adam):
-    pass
+    _torch_optimizer = Adam
 
 
 @OPTIMIZERS.register_module()
 class OLORSGD(_OLORSGDMixin, SGD):
-    pass
+    _torch_optimizer = SGD
 
 
 for _cls, _base in ((OLORAdamW, 'AdamW'), (OLORAdam, 'Adam'), (OLORSGD,

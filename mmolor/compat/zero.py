@@ -15,8 +15,8 @@ torch's ZeRO itself takes any optimizer class (with OLOR, each rank's
 local optimizer keeps the anchors of its shard only).
 
 The class below replaces mmengine's ``ZeroRedundancyOptimizer`` entry in
-mmengine's root ``OPTIMIZERS`` registry (same name, ``force=True``, when
-mmolor is imported) with a subclass that looks ``optimizer_type`` up in
+mmengine's root ``OPTIMIZERS`` registry (same name, ``force=True``, by
+:func:`patch_zero`) with a subclass that looks ``optimizer_type`` up in
 ``torch.optim`` first, as mmengine does, and otherwise in the ``OPTIMIZERS``
 registry (under the current default scope, like every other optimizer
 ``type``): ``OLORAdamW``, ``OLORAdam``, ``OLORSGD`` and any registered
@@ -27,7 +27,7 @@ Checkpoints. ZeRO's ``state_dict()`` gathers every rank's shard onto rank
 ``Runner.save_checkpoint`` (and ``DDPStrategy.save_checkpoint``, the
 FlexibleRunner's) is ``@master_only``: rank 0 waits in the gather while the
 other ranks train on, and the first checkpoint hangs the run (seen: two
-gloo processes, ``CheckpointHook`` at iteration 2). Importing this module
+gloo processes, ``CheckpointHook`` at iteration 2). :func:`patch_zero`
 wraps those two methods so that, when the optim wrapper holds a ZeRO
 optimizer, every rank first joins the gather; rank 0 then saves as before,
 and its ``state_dict()`` uses the gathered shards, so the checkpoint holds
@@ -44,12 +44,10 @@ from mmengine.dist import is_distributed, is_main_process
 from mmengine.optim import OptimWrapperDict
 from mmengine.optim import ZeroRedundancyOptimizer as _MMEngineZeRO
 from mmengine.registry import OPTIMIZERS
-from mmengine.utils import digit_version
-from mmengine.utils.dl_utils import TORCH_VERSION
 from torch.distributed.rpc import is_available
 from torch.optim import Optimizer
 
-__all__ = ['ZeroRedundancyOptimizer', 'local_optimizer_class']
+__all__ = ['ZeroRedundancyOptimizer', 'local_optimizer_class', 'patch_zero']
 
 
 def local_optimizer_class(
@@ -73,7 +71,6 @@ def local_optimizer_class(
         return registry.get(optimizer_type)
 
 
-@OPTIMIZERS.register_module(name='ZeroRedundancyOptimizer', force=True)
 class ZeroRedundancyOptimizer(_MMEngineZeRO):
     """mmengine's ``ZeroRedundancyOptimizer``, for registered optimizers.
 
@@ -119,13 +116,6 @@ class ZeroRedundancyOptimizer(_MMEngineZeRO):
         if not is_available():
             raise RuntimeError('torch.distributed.rpc is not available, which '
                                'ZeroRedundancyOptimizer needs.')
-        params = list(params)  # the generator must survive the check below
-        if not (all(isinstance(p, torch.Tensor) for p in params) or
-                digit_version(TORCH_VERSION) >= digit_version('1.12.0')):
-            raise RuntimeError(
-                'torch.distributed.optim.ZeroRedundancyOptimizer takes param '
-                'groups from torch 1.12 on; update torch or remove '
-                '`paramwise_cfg`.')
         # torch's ZeroRedundancyOptimizer.__init__, skipping mmengine's.
         super(_MMEngineZeRO, self).__init__(params, optimizer_cls, **kwargs)
         # Whether rank 0 holds every rank's current shard (see state_dict).
@@ -190,13 +180,18 @@ def _on_every_rank_first(save_checkpoint: Callable) -> Callable:
     return wrapper
 
 
-def _patch_save_checkpoint() -> None:
+def patch_zero() -> None:
+    """Register :class:`ZeroRedundancyOptimizer` under mmengine's name and
+    make ``Runner.save_checkpoint`` / ``DDPStrategy.save_checkpoint`` gather
+    ZeRO's shards on every rank first (see the module docstring). Calling it
+    again does nothing."""
     from mmengine._strategy import DDPStrategy
     from mmengine.runner import Runner
+    OPTIMIZERS.register_module(
+        name='ZeroRedundancyOptimizer',
+        module=ZeroRedundancyOptimizer,
+        force=True)
     for owner in (Runner, DDPStrategy):
         method = owner.__dict__['save_checkpoint']
         if not getattr(method, '_mmolor_gathers_zero', False):
             owner.save_checkpoint = _on_every_rank_first(method)
-
-
-_patch_save_checkpoint()

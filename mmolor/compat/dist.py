@@ -13,7 +13,7 @@ accelerator it changes nothing and mmengine does its usual NCCL set-up.
 
 ``runner_type='FlexibleRunner'`` takes its wrapper from ``cfg.strategy``:
 :func:`prepare_dist` gives a ``DDPStrategy`` (the FlexibleRunner's default)
-``device_ids=None`` there too, and importing this module replaces
+``device_ids=None`` there too, and :func:`patch_fsdp` replaces
 mmengine's ``FSDPStrategy`` with :class:`FSDPStrategy`, which fixes what
 mmengine 0.10.7's FSDP strategy gets wrong on current torch and on the CPU
 (see its docstring).
@@ -42,7 +42,10 @@ from torch.distributed.fsdp import CPUOffload, FullOptimStateDictConfig
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ['has_accelerator', 'init_cpu_dist', 'prepare_dist', 'FSDPStrategy']
+__all__ = [
+    'has_accelerator', 'init_cpu_dist', 'prepare_dist', 'FSDPStrategy',
+    'patch_fsdp'
+]
 
 _LAUNCHERS = ('pytorch', 'slurm', 'mpi')
 # The process-group backends that run on CPU tensors.
@@ -242,12 +245,11 @@ def _uniform_anchors(optimizer: torch.optim.Optimizer) -> Iterator[None]:
             optimizer.state[p]['anchor'] = anchor
 
 
-@STRATEGIES.register_module(name='FSDPStrategy', force=True)
 class FSDPStrategy(_MMEngineFSDPStrategy):
     """mmengine's ``FSDPStrategy``, fixed for torch >= 2.1 and the CPU.
 
-    Registered under mmengine's name (``force=True``, when mmolor is
-    imported), so that ``strategy=dict(type='FSDPStrategy', ...)`` of a
+    Registered under mmengine's name (``force=True``) by :func:`patch_fsdp`,
+    so that ``strategy=dict(type='FSDPStrategy', ...)`` of a
     ``runner_type='FlexibleRunner'`` config gets it. Three fixes, each
     needed by an FSDP run with OLOR on this stack:
 
@@ -372,6 +374,12 @@ class FSDPStrategy(_MMEngineFSDPStrategy):
             optim=self.optim_wrapper.optimizer,
             optim_state_dict=state_dict)
         self.optim_wrapper.load_state_dict(optim_state_dict)
+
+
+def patch_fsdp() -> None:
+    """Register :class:`FSDPStrategy` under mmengine's ``FSDPStrategy``."""
+    STRATEGIES.register_module(
+        name='FSDPStrategy', module=FSDPStrategy, force=True)
 
 
 def prepare_dist(cfg: Config) -> Optional[str]:
