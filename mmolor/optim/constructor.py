@@ -1,22 +1,18 @@
 # Copyright (c) mmolor contributors. All rights reserved.
 """OLOROptimWrapperConstructor: OLOR's layer-wise penalty as param groups."""
 import copy
-import inspect
 import logging
 import math
-import sys
-from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mmengine.dist import get_rank
 from mmengine.logging import print_log
-from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import (OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
-                               OPTIMIZERS)
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
 from .layer_depth import get_layer_depths
-from .olor import _OLORMixin, validate_rollback
+from .olor import OLORAdam, OLORAdamW, OLORSGD, validate_rollback
 
 __all__ = ['OLOROptimWrapperConstructor', 'rollback_by_depth']
 
@@ -31,6 +27,24 @@ _DEFAULT_BASE = 'DefaultOptimWrapperConstructor'
 # Registries searched for an unscoped `base_constructor` that the current
 # default scope does not know (e.g. a test or a script with no scope).
 _CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
+# The `paramwise_cfg` keys that each known base constructor reads (from its
+# `add_params` and `__init__`), by `codebase.ClassName`. A class matches
+# only itself: a subclass may read other keys.
+_BASE_KEYS: Dict[str, Tuple[str, ...]] = {
+    'mmengine.DefaultOptimWrapperConstructor':
+    ('custom_keys', 'bias_lr_mult', 'bias_decay_mult', 'norm_decay_mult',
+     'dwconv_decay_mult', 'flat_decay_mult', 'dcn_offset_lr_mult',
+     'bypass_duplicate'),
+    'mmseg.LearningRateDecayOptimizerConstructor':
+    ('num_layers', 'decay_rate', 'decay_type'),
+    # It overwrites `decay_rate` (with `layer_decay_rate`) and `decay_type`.
+    'mmseg.LayerDecayOptimizerConstructor': ('num_layers', 'layer_decay_rate'),
+    'mmdet.LearningRateDecayOptimizerConstructor':
+    ('num_layers', 'decay_rate', 'decay_type'),
+    'mmpretrain.LearningRateDecayOptimWrapperConstructor':
+    ('custom_keys', 'bias_decay_mult', 'norm_decay_mult', 'flat_decay_mult',
+     'layer_decay_rate'),
+}
 
 
 def rollback_by_depth(depth: int, max_depth: int, r_max: float, r_min: float,
@@ -57,9 +71,9 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
     constructor such as mmseg's ``LayerDecayOptimizerConstructor``). It
     gets every ``paramwise_cfg`` key except ``rollback`` and
     ``base_constructor``, unchanged, and its groups' parameters, lr and
-    weight decay are kept exactly. OLOR then reads
-    ``paramwise_cfg['rollback']`` and writes a ``rollback`` value into every
-    param group:
+    weight decay are kept exactly: this constructor's ``add_params`` calls
+    the base constructor's, then writes a ``rollback`` value into every
+    param group, from ``paramwise_cfg['rollback']``:
 
     .. math::
         r(d) = r_{min} + (r_{max} - r_{min}) (1 - d / D)^{power}
@@ -70,7 +84,8 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
     parameters get different rollbacks (an lr-decay constructor's group of
     a whole layer id) is split into one group per rollback value, each with
     the group's other settings. Frozen parameters (``requires_grad=False``)
-    are not in the optimizer at all.
+    are not in the optimizer at all. The optimizer and the wrapper are
+    built by mmengine's ``__call__``.
 
     ``paramwise_cfg['rollback']`` keys:
 
@@ -93,21 +108,15 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
     looks up ``constructor`` (under the current default scope), else in the
     mmdet, mmseg and mmpretrain registries (a name registered by two of
     them must then be scoped: ``'mmseg.LearningRateDecayOptimizerConstructor'``
-    in a script with no default scope).
-    OLOR takes its groups from its ``add_params(params, model)`` and builds
-    the optimizer and wrapper from its ``optimizer_cfg`` and
-    ``optim_wrapper_cfg``, as mmengine's ``__call__`` does; a constructor
-    that overrides ``__call__`` is refused. Defaults to
+    in a script with no default scope). Only its ``add_params`` is used, so
+    a constructor that overrides ``__call__`` is refused. Defaults to
     ``'DefaultOptimWrapperConstructor'``.
 
-    A ``paramwise_cfg`` key that no constructor in the chain reads is an
-    error naming it. The base constructor gets a dict that records its
-    reads (``cfg[key]``, ``get``, ``pop``, ``setdefault``, ``in``,
-    attribute access; iterating over it reads every key; its ``copy()`` and
-    ``copy.deepcopy`` copies record into the same record; the checks of
-    mmengine's ``_validate_cfg``, which every subclass inherits, are not
-    reads); a key it never read after building its groups would be
-    silently ignored.
+    The ``paramwise_cfg`` keys that mmengine's default constructor and the
+    lr-decay constructors of mmseg, mmdet and mmpretrain read are known: a
+    key that such a base does not read would be silently ignored, and is an
+    error naming it. Any other base constructor (a subclass of one of them
+    too) gets its keys unchecked, and says so in one log line.
 
     ``custom_keys`` entries may set ``rollback`` directly (when the base
     constructor copies them into its groups, as mmengine's and mmpretrain's
@@ -144,25 +153,26 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
                  optim_wrapper_cfg: dict,
                  paramwise_cfg: Optional[dict] = None) -> None:
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
-        # The base gets its own deep copy: it may change what it is given
-        # (mmseg's LayerDecayOptimizerConstructor renames keys in place).
-        self._base_paramwise = _ReadRecorder.of({
-            k: copy.deepcopy(v)
-            for k, v in self.paramwise_cfg.items() if k not in _OLOR_KEYS
-        })
-        self._base_keys = list(self._base_paramwise.raw())
-        self.base = self._base_cls(
+        # Deep copies: a base may change what it is given (mmseg's
+        # LayerDecayOptimizerConstructor renames keys in place).
+        self.base = self.base_cls(
             optim_wrapper_cfg=copy.deepcopy(
                 dict(self.optim_wrapper_cfg, optimizer=self.optimizer_cfg)),
-            paramwise_cfg=self._base_paramwise)
+            paramwise_cfg={
+                k: copy.deepcopy(v)
+                for k, v in self.paramwise_cfg.items() if k not in _OLOR_KEYS
+            })
 
     def _validate_cfg(self) -> None:
         # The base constructor validates its own keys when it is built.
         if not isinstance(self.paramwise_cfg, dict):
             raise TypeError('paramwise_cfg should be None or a dict, '
                             f'but got {type(self.paramwise_cfg)}')
-        self._base_cls = _base_constructor_cls(
+        self.base_cls = _base_constructor_cls(
             self.paramwise_cfg.get('base_constructor', _DEFAULT_BASE))
+        _check_base_keys(
+            self.base_cls,
+            [k for k in self.paramwise_cfg if k not in _OLOR_KEYS])
         self.rollback_cfg = None
         if 'rollback' in self.paramwise_cfg:
             self.rollback_cfg = _parse_rollback_cfg(
@@ -177,71 +187,11 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     f'paramwise_cfg.custom_keys[{key!r}].rollback')
                 custom_rollback = True
         if self.rollback_cfg is not None or custom_rollback:
-            self._check_optimizer_is_olor()
-
-    def _check_optimizer_is_olor(self) -> None:
-        # Here, not at the top: ZeRO's module is not the constructor's.
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        from .zero import local_optimizer_class
-        optimizer_type = self.optimizer_cfg.get('type')
-        optimizer_cls = optimizer_type
-        if isinstance(optimizer_type, str):
-            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
-                optimizer_cls = registry.get(optimizer_type)
-        setting = f'optimizer.type={optimizer_type!r}'
-        if isinstance(optimizer_cls, type) and issubclass(
-                optimizer_cls, ZeroRedundancyOptimizer):
-            # ZeRO shards the local optimizer named by `optimizer_type`
-            # (mmengine's form; torch's own class takes `optimizer_class`).
-            key = 'optimizer_type' if 'optimizer_type' in self.optimizer_cfg \
-                else 'optimizer_class'
-            optimizer_type = self.optimizer_cfg.get(key)
-            optimizer_cls = local_optimizer_class(optimizer_type)
-            setting = f'optimizer.{key}={optimizer_type!r}'
-        if optimizer_cls is None:
-            return  # mmengine reports unknown types when it builds
-        if not (isinstance(optimizer_cls, type)
-                and issubclass(optimizer_cls, _OLORMixin)):
-            raise ValueError(
-                'paramwise_cfg.rollback needs an OLOR optimizer (OLORAdamW, '
-                f'OLORAdam, OLORSGD; or ZeroRedundancyOptimizer with '
-                f"optimizer_type='OLORAdamW', ...), got {setting}")
-
-    def __call__(self, model: nn.Module) -> OptimWrapper:
-        """Build the optim wrapper, as mmengine's constructor does, from the
-        base constructor's groups with their rollback."""
-        if hasattr(model, 'module'):  # DDP and the like
-            model = model.module
-        base = self.base
-        optim_wrapper_cfg = dict(
-            getattr(base, 'optim_wrapper_cfg', self.optim_wrapper_cfg))
-        optim_wrapper_cfg.setdefault('type', 'OptimWrapper')
-        optimizer_cfg = dict(getattr(base, 'optimizer_cfg',
-                                     self.optimizer_cfg))
-        optimizer_cls = optimizer_cfg['type']
-        if isinstance(optimizer_cls, str):
-            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
-                optimizer_cls = registry.get(optimizer_cls)
-        # Some optimizers name their first argument `model_params`.
-        first_arg = next(iter(inspect.signature(optimizer_cls).parameters))
-        if not self._base_keys and self.rollback_cfg is None:
-            # Nothing to group by: mmengine's shortcut, one group.
-            optimizer_cfg[first_arg] = model.parameters()
-        else:
-            params: List[dict] = []
-            self.add_params(params, model)
-            optimizer_cfg[first_arg] = params
-        optimizer = OPTIMIZERS.build(optimizer_cfg)
-        return OPTIM_WRAPPERS.build(
-            optim_wrapper_cfg, default_args=dict(optimizer=optimizer))
+            _check_olor_optimizer(self.optimizer_cfg)
 
     def add_params(self, params: List[dict], module: nn.Module,
                    **kwargs) -> None:
-        """Add the base constructor's param groups, then set their rollback.
-
-        At the top call (no ``prefix``) it also checks that the base
-        constructor read every ``paramwise_cfg`` key it was given.
+        """Add the base constructor's param groups, with their rollback.
 
         Args:
             params (list[dict]): The param groups, extended in place.
@@ -249,27 +199,16 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
             **kwargs: Passed to the base constructor's ``add_params``.
         """
         self.base.add_params(params, module, **kwargs)
-        if kwargs.get('prefix'):
-            return
-        unread = [k for k in self._base_keys
-                  if k not in self._base_paramwise.reads]
-        if unread:
-            raise ValueError(
-                f'paramwise_cfg key(s) {unread} are read by no constructor '
-                f'in the chain OLOROptimWrapperConstructor -> '
-                f'{self._base_cls.__name__} (paramwise_cfg.base_constructor)'
-                ': they would be silently ignored. Name the constructor '
-                'that reads them (e.g. the recipe\'s own `constructor`) as '
-                'paramwise_cfg.base_constructor, or remove them.')
         if self.rollback_cfg is not None:
-            self._assign_rollback(params, module)
+            params[:] = self._with_rollback(params, module)
 
-    def _assign_rollback(self, groups: List[dict], model: nn.Module) -> None:
+    def _with_rollback(self, groups: List[dict],
+                       model: nn.Module) -> List[dict]:
         cfg = self.rollback_cfg
         trainable = {p for g in groups for p in g['params']}
         depth_of, max_depth, rules = _scope_depths(model, cfg['scope'],
                                                    cfg['layer'], trainable)
-        rows: 'OrderedDict[Tuple, int]' = OrderedDict()
+        numel: Dict[Tuple, int] = {}  # (depth, rollback) -> parameter count
         out: List[dict] = []
         for group in groups:
             values = []
@@ -277,17 +216,18 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 depth = depth_of.get(p)
                 if 'rollback' in group:  # custom_keys win
                     value = group['rollback']
+                elif depth is None:
+                    value = 0.0
                 else:
-                    value = 0.0 if depth is None else rollback_by_depth(
-                        depth, max_depth, cfg['max'], cfg['min'],
-                        cfg['power'])
+                    value = rollback_by_depth(depth, max_depth, cfg['max'],
+                                              cfg['min'], cfg['power'])
                 values.append(value)
-                row = (depth, value)
-                rows[row] = rows.get(row, 0) + p.numel()
+                numel[depth, value] = numel.get((depth, value), 0) + \
+                    p.numel()
             out.extend(_split_by_rollback(group, values))
-        groups[:] = out
         if get_rank() == 0:
-            _log_table(rows, max_depth, rules, cfg, self._base_cls.__name__)
+            _log_table(numel, max_depth, rules, cfg, self.base_cls.__name__)
+        return out
 
 
 def _split_by_rollback(group: dict, values: List[float]) -> List[dict]:
@@ -317,100 +257,56 @@ def _split_by_rollback(group: dict, values: List[float]) -> List[dict]:
     return parts
 
 
-# mmengine's DefaultOptimWrapperConstructor._validate_cfg, which every
-# subclass runs, looks at `custom_keys` and the decay mults whether or not
-# the subclass ever uses them (mmseg's lr-decay constructors do not): its
-# looks are not reads.
-_MMENGINE_VALIDATION = DefaultOptimWrapperConstructor._validate_cfg.__code__
+def _check_base_keys(base_cls: type, keys: List[str]) -> None:
+    """Refuse a key the base constructor does not read (if it is known)."""
+    name = f"{base_cls.__module__.partition('.')[0]}.{base_cls.__name__}"
+    if name not in _BASE_KEYS:
+        if keys:
+            print_log(
+                f'OLOR: paramwise_cfg key(s) {keys} go to {name} '
+                '(paramwise_cfg.base_constructor) unchecked: a key it does '
+                'not read is ignored silently', logger='current')
+        return
+    unread = [k for k in keys if k not in _BASE_KEYS[name]]
+    if unread:
+        raise ValueError(
+            f'paramwise_cfg key(s) {unread} are read by no constructor in '
+            f'the chain OLOROptimWrapperConstructor -> {base_cls.__name__} '
+            '(paramwise_cfg.base_constructor): they would be silently '
+            'ignored. Name the constructor that reads them (e.g. the '
+            "recipe's own `constructor`) as paramwise_cfg.base_constructor, "
+            'or remove them.')
 
 
-class _ReadRecorder(dict):
-    """A ``paramwise_cfg`` that records which of its keys are read.
+def _check_olor_optimizer(optimizer_cfg: dict) -> None:
+    """Refuse a rollback setting for an optimizer that is not OLOR's."""
+    # Here, not at the top: ZeRO's module is not the constructor's.
+    from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    Reads: ``cfg[key]``, ``get``, ``pop``, ``setdefault``, ``key in cfg``
-    and ``cfg.key``, except from mmengine's
-    ``DefaultOptimWrapperConstructor._validate_cfg``. Iterating
-    (``keys()``, ``items()``, ``dict(cfg)``, ``{**cfg}``) reads every key.
-    ``copy()``, ``copy.copy`` and ``copy.deepcopy`` give recorders that add
-    to the same record. Writes are not reads.
-    """
-    reads: Set[Any]
-
-    @classmethod
-    def of(cls,
-           items: dict,
-           reads: Optional[Set[Any]] = None) -> '_ReadRecorder':
-        recorder = cls(items)
-        recorder.reads = set() if reads is None else reads
-        return recorder
-
-    def raw(self) -> Dict[Any, Any]:
-        """The items, without recording a read."""
-        return {k: dict.__getitem__(self, k) for k in dict.keys(self)}
-
-    def _read_all(self) -> None:
-        self.reads.update(dict.keys(self))
-
-    def _read(self, key: Any) -> None:
-        # Frame 2: whoever called the dict method that called this.
-        if sys._getframe(2).f_code is not _MMENGINE_VALIDATION:
-            self.reads.add(key)
-
-    def __getitem__(self, key: Any) -> Any:
-        self._read(key)
-        return super().__getitem__(key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        self._read(key)
-        return super().get(key, default)
-
-    def __contains__(self, key: Any) -> bool:
-        self._read(key)
-        return super().__contains__(key)
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        self._read(key)
-        return super().pop(key, *default)
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        self._read(key)
-        return super().setdefault(key, default)
-
-    def __getattr__(self, key: str) -> Any:
-        # ConfigDict-style `cfg.num_layers`; only called for missing
-        # attributes, so `reads` and the methods never come here.
-        if key.startswith('__') or key == 'reads':
-            raise AttributeError(key)
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(
-                f"'paramwise_cfg' has no key {key!r}") from None
-
-    def __iter__(self):
-        self._read_all()
-        return super().__iter__()
-
-    def keys(self):  # type: ignore[override]
-        self._read_all()
-        return super().keys()
-
-    def values(self):  # type: ignore[override]
-        self._read_all()
-        return super().values()
-
-    def items(self):  # type: ignore[override]
-        self._read_all()
-        return super().items()
-
-    def copy(self) -> '_ReadRecorder':
-        return _ReadRecorder.of(self.raw(), self.reads)
-
-    def __copy__(self) -> '_ReadRecorder':
-        return self.copy()
-
-    def __deepcopy__(self, memo: dict) -> '_ReadRecorder':
-        return _ReadRecorder.of(copy.deepcopy(self.raw(), memo), self.reads)
+    from ..compat.zero import local_optimizer_class
+    optimizer_type = optimizer_cfg.get('type')
+    optimizer_cls = optimizer_type
+    if isinstance(optimizer_type, str):
+        with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+            optimizer_cls = registry.get(optimizer_type)
+    setting = f'optimizer.type={optimizer_type!r}'
+    if isinstance(optimizer_cls, type) and issubclass(
+            optimizer_cls, ZeroRedundancyOptimizer):
+        # ZeRO shards the local optimizer named by `optimizer_type`
+        # (mmengine's form; torch's own class takes `optimizer_class`).
+        key = 'optimizer_type' if 'optimizer_type' in optimizer_cfg \
+            else 'optimizer_class'
+        optimizer_type = optimizer_cfg.get(key)
+        optimizer_cls = local_optimizer_class(optimizer_type)
+        setting = f'optimizer.{key}={optimizer_type!r}'
+    if optimizer_cls is None:
+        return  # mmengine reports unknown types when it builds
+    if not (isinstance(optimizer_cls, type)
+            and issubclass(optimizer_cls, (OLORAdamW, OLORAdam, OLORSGD))):
+        raise ValueError(
+            'paramwise_cfg.rollback needs an OLOR optimizer (OLORAdamW, '
+            f'OLORAdam, OLORSGD; or ZeroRedundancyOptimizer with '
+            f"optimizer_type='OLORAdamW', ...), got {setting}")
 
 
 def _base_constructor_cls(value: Any) -> type:
@@ -439,7 +335,7 @@ def _base_constructor_cls(value: Any) -> type:
             f'Invalid paramwise_cfg.base_constructor: {value!r} ('
             f'{cls.__name__} overrides __call__, which OLOR would bypass: '
             'OLOR takes the groups from add_params(params, model) and builds '
-            'the optimizer as DefaultOptimWrapperConstructor.__call__ does)')
+            'the optimizer with DefaultOptimWrapperConstructor.__call__)')
     return cls
 
 
@@ -577,7 +473,7 @@ def _describe_order(depths: Dict[str, int], per_layer: int = 3) -> str:
         for d, o in sorted(owners.items()))
 
 
-def _log_table(rows: Dict[Tuple, int], max_depth: int, rules: List[str],
+def _log_table(numel: Dict[Tuple, int], max_depth: int, rules: List[str],
                cfg: Dict[str, Any], base: str) -> None:
     lines = [
         f"OLOR rollback: max={cfg['max']}, min={cfg['min']}, "
@@ -585,13 +481,13 @@ def _log_table(rows: Dict[Tuple, int], max_depth: int, rules: List[str],
         f"scope={cfg['scope']}, D={max_depth}", f'  param groups: {base}'
     ] + [f'  depth rule: {r}' for r in rules]
     lines.append(f"  {'layer id':>8} | {'params':>12} | rollback")
-    in_scope = sorted((k for k in rows if k[0] is not None),
+    in_scope = sorted((k for k in numel if k[0] is not None),
                       key=lambda k: (k[0], k[1]))
     for depth, rollback in in_scope:
-        lines.append(f'  {depth:>8} | {rows[(depth, rollback)]:>12,} | '
+        lines.append(f'  {depth:>8} | {numel[(depth, rollback)]:>12,} | '
                      f'{rollback:.6g}')
-    for key in (k for k in rows if k[0] is None):
-        lines.append(f"  {'outside':>8} | {rows[key]:>12,} | {key[1]:.6g}")
+    for key in (k for k in numel if k[0] is None):
+        lines.append(f"  {'outside':>8} | {numel[key]:>12,} | {key[1]:.6g}")
     # The generic rule is a guess about an unknown backbone: say so loudly.
     level = logging.WARNING if any('no forward pass' in r for r in rules) \
         else logging.INFO
