@@ -82,6 +82,8 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache License 2.0',
     python_requires='>=3.8',
+    # Only the library: benchmarks/, tests/, tools/ and configs/ stay in the
+    # checkout (tests/test_install.py).
     packages=find_packages(include=['mmolor', 'mmolor.*']),
     # OLOR's fused CPU kernel, compiled at install (see kernel_build); its
     # source ships for rebuilds.

@@ -17,15 +17,15 @@ from pycocotools.coco import COCO
 from torch import nn
 
 import mmolor.engine  # noqa: F401  until mmolor imports it itself
-from mmolor.analysis.l2sp import L2SPMixin, l2sp_model_cfg
-from mmolor.analysis.protocol import (DEMO_CONFIGS, Upstream, measure_backbone)
-from mmolor.analysis.report import (demo_tables, format_table, plot_drift,
-                                    summarize)
-from mmolor.analysis.rollback import build_model, rollback_by_layer
-from mmolor.analysis.upstream import (build_backbone, pretrain_upstream,
-                                      save_upstream)
-from mmolor.datasets import (load_digit_split, render_digits,
-                             write_digit_scenes)
+from benchmarks.datasets import (load_digit_split, render_digits,
+                                 write_digit_scenes)
+from benchmarks.l2sp import L2SPMixin, l2sp_model_cfg
+from benchmarks.protocol import DEMO_CONFIGS, Upstream, measure_backbone
+from benchmarks.report import (demo_tables, format_table, plot_drift,
+                               summarize)
+from benchmarks.rollback import build_model, rollback_by_layer
+from benchmarks.upstream import (build_backbone, pretrain_upstream,
+                                 save_upstream)
 from reference import rollback_by_depth
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -124,7 +124,7 @@ def upstream(tmp_path_factory):
         n: p.detach().clone()
         for n, p in model.backbone.named_parameters()
     }
-    from mmolor.analysis.retention import upstream_scores
+    from benchmarks.retention import upstream_scores
     scores = upstream_scores(model.backbone, split, head=model.head)
     return Upstream(checkpoint, split, model.head, state, scores), model
 

@@ -3,7 +3,7 @@
 
 Each run is `tools/train.py` / `tools/test.py` / `tools/dist_train.sh` in a
 subprocess, as a user starts them, on a tiny COCO / ADE20K dataset written
-by :mod:`mmolor.datasets`. Configs are the shipped ones, overridden only in
+by :mod:`benchmarks.datasets`. Configs are the shipped ones, overridden only in
 size (images, iterations, workers), data paths and pretrained weights.
 """
 import glob
@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from mmolor.datasets import write_ade20k, write_coco
+from benchmarks.datasets import write_ade20k, write_coco
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')

@@ -4,7 +4,7 @@
 The shipped UPerNet ConvNeXt-B config (OLOR over mmseg's
 LearningRateDecayOptimizerConstructor) trains, resumes and tests through
 `tools/train.py` / `tools/test.py` in subprocesses, on a tiny ADE20K
-written by :mod:`mmolor.datasets`. Overridden: the size (a ConvNeXt of
+written by :mod:`benchmarks.datasets`. Overridden: the size (a ConvNeXt of
 1+1+2+1 blocks and 8..64 channels, 64x64 images, 4 iterations), data
 paths, no pretrained weights, no stochastic depth or dropout (a resume
 does not restore the RNG they draw from), and AmpOptimWrapper ->
@@ -18,7 +18,7 @@ import torch
 
 from test_e2e import ade_overrides, test_metrics, train, write_config
 
-from mmolor.datasets import write_ade20k
+from benchmarks.datasets import write_ade20k
 
 CONFIG = ('configs/convnext/'
           'convnext-base_upernet_olor-adamw_8xb2-amp-160k_ade20k-512x512.py')

@@ -166,7 +166,7 @@ def test_fsdp_with_a_shipped_config(tmp_path):
     exactly the rolling-back parameters."""
     from test_e2e import UPERNET, ade_overrides, write_config
 
-    from mmolor.datasets import write_ade20k
+    from benchmarks.datasets import write_ade20k
     root = str(tmp_path / 'ade')
     write_ade20k(root, dict(train=4, val=2), image_size=(64, 64))
     bn = "norm_cfg=dict(type='BN', requires_grad=True)"

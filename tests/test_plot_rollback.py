@@ -8,7 +8,7 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from mmolor.analysis.rollback import rollback_by_layer
+from benchmarks.rollback import rollback_by_layer
 from reference import rollback_by_depth
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

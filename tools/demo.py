@@ -36,12 +36,16 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger, print_log
 
 import mmolor  # noqa: F401  registries
-from mmolor.analysis.protocol import (DEMO_CONFIGS, REPO_ROOT, backbone_state,
-                                      last_checkpoint, measure_backbone,
-                                      path_options, prepare_scenes,
-                                      prepare_upstream, read_metrics)
-from mmolor.analysis.report import demo_tables, plot_drift
-from mmolor.analysis.rollback import plot_rollback, rollback_by_layer
+
+# benchmarks/ is in the checkout, beside mmolor/, and is not installed.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks.protocol import (DEMO_CONFIGS, REPO_ROOT,  # noqa: E402
+                                 backbone_state, last_checkpoint,
+                                 measure_backbone, path_options,
+                                 prepare_scenes, prepare_upstream,
+                                 read_metrics)
+from benchmarks.report import demo_tables, plot_drift  # noqa: E402
+from benchmarks.rollback import plot_rollback, rollback_by_layer  # noqa: E402
 
 METHODS = (('AdamW', 'adamw'), ('OLOR-AdamW', 'olor'))
 

@@ -7,9 +7,10 @@ Builds each backbone type that an mmdet or mmseg config uses, from that
 config's backbone dict (no weights), plus mmpretrain's ConvNeXt and
 VisionTransformer and timm models through TIMMBackbone, and prints one
 row each: the depth rule, D, the number of blocks and what the check
-against the forward order found (see mmolor/analysis/census.py).
+against the forward order found (see benchmarks/census.py).
 """
 import argparse
+import os.path as osp
 import sys
 
 
@@ -25,8 +26,12 @@ def parse_args():
 def main() -> int:
     args = parse_args()
     import mmolor  # noqa: F401
-    from mmolor.analysis.census import (SKIPPED, check_case, collect_cases,
-                                        format_table)
+
+    # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
+    sys.path.insert(
+        0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    from benchmarks.census import (SKIPPED, check_case, collect_cases,
+                                   format_table)
     cases = collect_cases()
     if args.only:
         cases = [c for c in cases if c.type in args.only]

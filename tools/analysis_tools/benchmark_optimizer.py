@@ -48,6 +48,7 @@ import os.path as osp
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -80,15 +81,16 @@ BACKBONES = {
 }
 ADAMW = dict(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
 SGD_ARGS = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
-# Rollback 0.01 at the initial lr: kappa = 0.01 each step (OLOR.md §1).
+# Rollback 0.01 at the initial lr, so kappa = rollback * lr_t / lr_0 = 0.01
+# at every step.
 ROLLBACK = 0.01
 
 
 class AdamBLoop(Optimizer):
     """The authors' AdamB formulation, as the usual per-parameter loop.
 
-    Written from OLOR.md §1 (not from their code): Adam's bias-corrected
-    direction ``u``, then ``u <- (1 - lr * b) u + b * D``,
+    Written from these equations (not from the authors' code): Adam's
+    bias-corrected direction ``u``, then ``u <- (1 - lr * b) u + b * D``,
     ``p <- p - lr * u`` and ``D <- D - lr * u``, with ``D = p - p0`` kept as
     state (zero at the start) and ``b = rollback / lr_0``. No weight decay.
 
@@ -359,7 +361,10 @@ def e2e(args) -> None:
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
 
-    from mmolor.datasets import write_coco
+    # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
+    sys.path.insert(
+        0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    from benchmarks.datasets import write_coco
     register_all_modules()
     cfg = get_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
     cfg.model.backbone.init_cfg = None

@@ -42,9 +42,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 
 import mmolor
-from mmolor.analysis.benchmark import prepare_seed, run_one
-from mmolor.analysis.protocol import DEMO_CONFIGS, REPO_ROOT
-from mmolor.analysis.report import format_table, plot_tradeoff, summarize
+
+# benchmarks/ is in the checkout, beside mmolor/, and is not installed.
+sys.path.insert(
+    0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from benchmarks.benchmark import prepare_seed, run_one  # noqa: E402
+from benchmarks.protocol import DEMO_CONFIGS, REPO_ROOT  # noqa: E402
+from benchmarks.report import (format_table, plot_tradeoff,  # noqa: E402
+                               summarize)
 
 # --quick: one setting per method, the smallest run that still trains.
 QUICK = dict(

@@ -12,11 +12,16 @@ Example:
 """
 import argparse
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 
 import mmolor  # noqa: F401  registries
-from mmolor.analysis.rollback import plot_rollback, rollback_by_layer
+
+# benchmarks/ is in the checkout, beside mmolor/, and is not installed.
+sys.path.insert(
+    0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from benchmarks.rollback import plot_rollback, rollback_by_layer  # noqa: E402
 
 
 def parse_args():

@@ -108,8 +108,9 @@ def collect_cases() -> List[Case]:
         for name in sorted(known | {'mmpretrain.*'}):
             if _label(name, scope) in cases:
                 continue
-            pattern = (r"type=['\"](mmpretrain\.\w+)['\"]" if name ==
-                       'mmpretrain.*' else rf"type=['\"]{re.escape(name)}['\"]")
+            pattern = (r"type=['\"](mmpretrain\.\w+)['\"]"
+                       if name == 'mmpretrain.*' else
+                       rf"type=['\"]{re.escape(name)}['\"]")
             for f in (f for f in files if re.search(pattern, texts[f])):
                 try:
                     cfg = Config.fromfile(f)

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from mmengine.logging import MMLogger, print_log
 from torch import Tensor, nn
 
-from mmolor.datasets import load_digit_split, render_digits
+from .datasets import load_digit_split, render_digits
 
 __all__ = [
     'DEMO_BACKBONE', 'UpstreamClassifier', 'build_backbone', 'to_inputs',
-    'pretrain_upstream', 'save_upstream', 'load_backbone'
+    'pretrain_upstream', 'save_upstream'
 ]
 
 # The demo's backbone: a ResNet-18 at a quarter of the width (stages of 16,
@@ -187,35 +187,3 @@ def save_upstream(model: UpstreamClassifier,
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save(dict(state_dict=state, meta=dict(meta or {})), path)
 
-
-def load_backbone(path: str,
-                  cfg: Optional[dict] = None,
-                  prefix: str = 'backbone.') -> nn.Module:
-    """A backbone with the ``prefix`` weights of an mmengine checkpoint.
-
-    Reads upstream checkpoints and the runner's checkpoints of a detector
-    or segmentor alike.
-
-    Args:
-        path (str): Checkpoint file.
-        cfg (dict, optional): Backbone config. Defaults to
-            ``DEMO_BACKBONE``.
-        prefix (str): Key prefix of the backbone. Defaults to
-            ``'backbone.'``.
-
-    Returns:
-        nn.Module: The backbone, in eval mode.
-    """
-    from mmolor.utils import load_from_local
-    checkpoint = load_from_local(path, map_location='cpu')
-    state = checkpoint.get('state_dict', checkpoint)
-    state = {
-        k[len(prefix):]: v
-        for k, v in state.items() if k.startswith(prefix)
-    }
-    if not state:
-        raise KeyError(f'No {prefix!r} weights in {path}')
-    backbone = build_backbone(cfg)
-    backbone.load_state_dict(state, strict=True)
-    backbone.eval()  # mmdet's ResNet.train() returns None
-    return backbone

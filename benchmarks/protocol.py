@@ -2,13 +2,13 @@
 """The upstream -> downstream protocol shared by the demo and the benchmark.
 
 1. Upstream: pre-train a small ResNet on the bundled digits of some classes
-   (:func:`~mmolor.analysis.upstream.pretrain_upstream`), save it and score
+   (:func:`~benchmarks.upstream.pretrain_upstream`), save it and score
    it on held-out upstream digits.
 2. Downstream: compose COCO scenes from the other digits
-   (:func:`~mmolor.datasets.write_digit_scenes`) and fine-tune a Mask R-CNN
+   (:func:`~benchmarks.datasets.write_digit_scenes`) and fine-tune a Mask R-CNN
    whose backbone loads the upstream checkpoint (``configs/demo/``).
 3. Measure: COCO AP downstream; upstream accuracy of the fine-tuned
-   backbone (:func:`~mmolor.analysis.retention.upstream_scores`); drift of
+   backbone (:func:`~benchmarks.retention.upstream_scores`); drift of
    every layer from the pre-trained weights.
 """
 import glob
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmolor.datasets import write_digit_scenes
 from mmolor.engine.drift import layer_drift
+from .datasets import load_digit_split, render_digits, write_digit_scenes
 from .retention import upstream_scores
 from .upstream import build_backbone, pretrain_upstream, save_upstream
 
@@ -32,7 +32,7 @@ __all__ = [
     'last_checkpoint', 'backbone_state', 'measure_backbone'
 ]
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIGS = dict(
     adamw=osp.join(REPO_ROOT, 'configs', 'demo',
                    'mask-rcnn_r18-w16_fpn_adamw_400i_digits.py'),
@@ -95,8 +95,7 @@ def load_upstream(checkpoint: str) -> Upstream:
     The data split is drawn again from the classes, seed and image size in
     the checkpoint's ``meta``; the scores are computed again.
     """
-    from mmolor.datasets import load_digit_split, render_digits
-    from mmolor.utils import load_from_local
+    from mmolor.compat.checkpoint import load_from_local
     saved = load_from_local(checkpoint, map_location='cpu')
     meta, state = saved['meta'], saved['state_dict']
     split = {
@@ -173,7 +172,7 @@ def last_checkpoint(work_dir: str) -> str:
 def backbone_state(checkpoint: str,
                    prefix: str = 'backbone.') -> Dict[str, torch.Tensor]:
     """The ``prefix`` weights of an mmengine checkpoint, prefix removed."""
-    from mmolor.utils import load_from_local
+    from mmolor.compat.checkpoint import load_from_local
     state = load_from_local(checkpoint, map_location='cpu')
     state = state.get('state_dict', state)
     return {

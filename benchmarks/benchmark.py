@@ -124,7 +124,7 @@ def run_one(method: str,
         method, config, seed, data_root, work_dir, iters, verbose: As for
             :func:`run_config`.
         upstream (Upstream | str): The upstream model, or its checkpoint
-            (rebuilt with :func:`~mmolor.analysis.protocol.load_upstream`).
+            (rebuilt with :func:`~benchmarks.protocol.load_upstream`).
         threads (int, optional): ``torch.set_num_threads`` for the run.
             Defaults to None (unchanged).
 

@@ -150,7 +150,7 @@ def write_digit_scenes(data_root: str,
 
     Args:
         data_root (str): Where to write (``annotations/``, ``train2017/``,
-            ``val2017/``, as :func:`~mmolor.datasets.write_coco`).
+            ``val2017/``, as :func:`~benchmarks.datasets.write_coco`).
         classes (Sequence[int]): Digits in the scenes; category ``i + 1`` is
             ``digit_{classes[i]}``. Defaults to (5, 6, 7, 8, 9).
         num_images (dict, optional): Scenes per split (``train``, ``val``).
