@@ -326,5 +326,8 @@ def test_bad_inputs_fail_before_anything_is_written(upstream, tool,
 
     missing = str(tmp_path / 'missing.pth')
     _fails(tool, base + [missing], work_dir, f'{missing} can not be found')
+    # A config inside mmpretrain is found; the checkpoint is checked next.
+    _fails(tool, ['mmpretrain::convnext/convnext-tiny_32xb128_in1k.py',
+                  missing, renamed], work_dir, f'{missing} can not be found')
     # The first bad checkpoint stops the run, before any evaluation.
     assert not osp.exists(work_dir)

@@ -17,7 +17,7 @@ line printed is its path.
 Example:
     python tools/analysis_tools/upstream_retention.py \\
         mmpretrain::convnext/convnext-tiny_32xb128_in1k.py \\
-        convnext-tiny_32xb128_in1k.pth \\
+        convnext-tiny_3rdparty_32xb128-noema_in1k_20220301-795e9634.pth \\
         work_dirs/mask-rcnn_convnext-t_olor/epoch_36.pth \\
         --cfg-options test_dataloader.dataset.data_root=data/imagenet
 """
@@ -30,15 +30,16 @@ import tempfile
 from typing import Dict, List, Tuple
 
 from mmengine.config import Config, DictAction
+from mmengine.hub import get_config
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import load_state_dict
+from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch import Tensor
 
 import mmolor  # noqa: F401  registries; mmolor.compat's fixes (runner loaded)
 from mmolor.compat.checkpoint import (UntrustedCheckpointError,
-                                      load_from_local, trust_checkpoints)
+                                      trust_checkpoints)
 from mmolor.engine.drift import layer_drift
 from mmolor.utils import setup_scope
 
@@ -53,10 +54,12 @@ def parse_args(argv=None):
         'measure how far each backbone drifted from the upstream one.')
     parser.add_argument(
         'upstream_config',
-        help='mmpretrain classifier config: its model, test dataloader and '
-        'test evaluator are used')
+        help='mmpretrain classifier config (a file, or e.g. '
+        '"mmpretrain::convnext/convnext-tiny_32xb128_in1k.py"): its model, '
+        'test dataloader and test evaluator are used')
     parser.add_argument(
-        'upstream_checkpoint', help='the classifier\'s own weights')
+        'upstream_checkpoint',
+        help='the classifier\'s own weights (a file or a URL)')
     parser.add_argument(
         'checkpoints',
         nargs='+',
@@ -111,9 +114,10 @@ def check_classifier(cfg: Config, path: str) -> None:
 
 def load_state(path: str) -> Dict[str, Tensor]:
     """The tensors of a checkpoint's ``state_dict`` (or of a bare state
-    dict), ``module.`` prefixes removed as mmengine does, loaded with
-    mmolor's safe loader."""
-    checkpoint = load_from_local(path, map_location='cpu')
+    dict), ``module.`` prefixes removed as mmengine does. A local file or
+    any URL mmengine's loader takes (as in an init_cfg), loaded with
+    ``weights_only=True`` (mmolor's safe loader)."""
+    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path}: holds a {type(checkpoint).__name__}, not '
                          'a checkpoint dict')
@@ -248,7 +252,9 @@ def write_json(result: Dict, work_dir: str) -> str:
 def main(argv=None):
     args = parse_args(argv)
     trust_checkpoints(args.trust_checkpoint)
-    cfg = Config.fromfile(args.upstream_config)
+    # `mmpretrain::convnext/...` names a config inside a package.
+    cfg = get_config(args.upstream_config) if '::' in args.upstream_config \
+        else Config.fromfile(args.upstream_config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
