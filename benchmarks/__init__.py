@@ -6,9 +6,12 @@ installed with it. ``tools/`` puts the checkout on ``sys.path`` to
 import them; the tests run from the checkout's root. Some need the ``demo``
 extras (scikit-learn, matplotlib).
 
-- ``protocol``, ``upstream``, ``retention``, ``l2sp``, ``benchmark``,
-  ``report``: the upstream -> downstream forgetting protocol of
-  ``tools/demo.py`` and ``tools/analysis_tools/forgetting_benchmark.py``;
+- ``protocol``, ``upstream``, ``retention``, ``l2sp``, ``report``: the
+  upstream -> downstream forgetting protocol of ``tools/demo.py`` and
+  ``tools/analysis_tools/forgetting_benchmark.py``;
+- ``tasks``, ``benchmark``, ``stats``: the benchmark's regimes, task
+  families (det, seg, cls configs under ``configs/demo/``) and methods, its
+  jobs, and the paired statistics;
 - ``rollback``: the per-layer rollback strengths a config gives
   (``tools/analysis_tools/plot_rollback.py``);
 - ``census``: the block depths on every upstream backbone

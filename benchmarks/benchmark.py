@@ -1,145 +1,200 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-"""One run of the forgetting benchmark: fine-tune in-process and measure.
+"""The jobs of the forgetting benchmark, run in worker processes.
 
-Used by ``tools/analysis_tools/forgetting_benchmark.py``, one call per
-(method, setting, seed), possibly in worker processes.
+- :func:`prepare_upstream_job`: pre-train and save one upstream model;
+- :func:`prepare_data_job`: write one set of downstream data (scenes with
+  their instance masks and label maps, and classification crops);
+- :func:`run_one`: fine-tune one (task, regime, method, setting, seed)
+  through the task's runner and measure it (and, for AdamW, WiSE-FT).
+
+Used by ``tools/analysis_tools/forgetting_benchmark.py``.
 """
 import contextlib
-import copy
 import os
 import os.path as osp
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
-from mmengine.config import Config
 from mmengine.runner import Runner
 
-import mmolor.engine  # noqa: F401  OLORDriftHook in the demo configs
-from .l2sp import l2sp_model_cfg
-from .protocol import (DEMO_CONFIGS, Upstream, load_upstream, measure_backbone,
-                       path_options, prepare_scenes, prepare_upstream)
+import mmolor.engine  # noqa: F401  OLORDriftHook in the det config
+from .datasets import (write_digit_crops, write_digit_scenes,
+                       write_semantic_masks)
+from .protocol import (Upstream, backbone_state, load_upstream,
+                       measure_backbone, prepare_upstream,
+                       upstream_test_root)
+from .retention import old_head_accuracy
+from .tasks import REGIMES, TASKS, method_config, task_config
 
-__all__ = ['prepare_seed', 'run_config', 'run_one']
+__all__ = [
+    'digits_name', 'prepare_upstream_job', 'prepare_data_job', 'run_one'
+]
 
-METHODS = ('adamw', 'l2sp', 'olor')
+
+def digits_name(classes: Sequence[int]) -> str:
+    return '-'.join(map(str, classes))
 
 
-def prepare_seed(seed: int,
-                 seed_dir: str,
-                 upstream_steps: int,
-                 scenes: Dict[str, int],
-                 threads: Optional[int] = None) -> Dict:
-    """Pre-train the upstream model and write the scenes of one seed.
-
-    Args:
-        seed (int): The seed.
-        seed_dir (str): Gets ``upstream/`` and ``data/``.
-        upstream_steps (int): Upstream pre-training steps.
-        scenes (dict): Scenes per split (``train``, ``val``).
-        threads (int, optional): ``torch.set_num_threads`` for the work.
-            Defaults to None (unchanged).
+def prepare_upstream_job(seed: int,
+                         classes: Sequence[int],
+                         matched: bool,
+                         steps: int,
+                         out_dir: str,
+                         threads: Optional[int] = None) -> Dict:
+    """Pre-train, save and score one upstream model.
 
     Returns:
-        dict: ``seed``, ``checkpoint``, ``data_root``, ``scores`` (the
-        pre-trained model's upstream accuracies) and ``wall_s``.
+        dict: ``checkpoint``, ``scores`` (the pre-trained model's upstream
+        accuracies) and ``wall_s``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     start = time.time()
     upstream = prepare_upstream(
-        osp.join(seed_dir, 'upstream'), seed=seed, steps=upstream_steps)
-    data_root = prepare_scenes(
-        osp.join(seed_dir, 'data'), seed=seed, num_images=scenes)
+        out_dir, seed=seed, steps=steps, classes=classes, matched=matched)
     return dict(
-        seed=seed,
         checkpoint=upstream.checkpoint,
-        data_root=data_root,
         scores=upstream.scores,
         wall_s=round(time.time() - start, 1))
 
 
-def run_config(method: str,
-               config: Dict,
-               seed: int,
-               data_root: str,
-               checkpoint: str,
-               work_dir: str,
-               iters: int,
-               verbose: bool = False) -> Config:
-    """The runner config of one run.
+def prepare_data_job(seed: int, classes: Sequence[int],
+                     scenes: Sequence[int], crops: Sequence[int],
+                     data_root: str) -> Dict:
+    """Write the downstream data of one (classes, size, seed).
 
     Args:
-        method (str): ``'adamw'``, ``'l2sp'`` (config ``alpha``) or
-            ``'olor'`` (config ``r_max`` and ``power``).
-        config (dict): The method's setting.
-        seed (int): Seed of the run (``randomness.seed``).
-        data_root (str): The downstream scenes.
-        checkpoint (str): The upstream checkpoint.
-        work_dir (str): The runner's work dir.
-        iters (int): Training iterations.
-        verbose (bool): Keep the runner's INFO logs. Defaults to False.
+        seed (int): Seed of the split and of the composition.
+        classes (Sequence[int]): The downstream digits.
+        scenes (Sequence[int]): ``(train, val)`` scenes (det and seg).
+        crops (Sequence[int]): ``(train, val)`` crops (cls).
+        data_root (str): Where they go.
 
     Returns:
-        Config: The demo config (``configs/demo/``) of the method, adjusted.
+        dict: ``data_root`` (with a trailing separator) and ``wall_s``.
     """
-    if method not in METHODS:
-        raise ValueError(f'Invalid method: {method!r} (expected one of '
-                         f'{METHODS})')
-    cfg = Config.fromfile(
-        DEMO_CONFIGS['olor' if method == 'olor' else 'adamw'])
-    options = path_options(data_root, checkpoint)
-    options.update({
-        'train_cfg.max_iters': iters,
-        'train_cfg.val_interval': iters,
-        'default_hooks.checkpoint.interval': iters,
-        'randomness.seed': seed,
-        'work_dir': work_dir,
+    start = time.time()
+    write_digit_scenes(
+        data_root,
+        classes=classes,
+        num_images=dict(train=scenes[0], val=scenes[1]),
+        seed=seed)
+    write_semantic_masks(data_root)
+    write_digit_crops(
+        data_root,
+        classes=classes,
+        num_images=dict(train=crops[0], val=crops[1]),
+        seed=seed)
+    return dict(
+        data_root=osp.join(data_root, ''),
+        wall_s=round(time.time() - start, 1))
+
+
+def _scores(state: Dict[str, torch.Tensor], upstream: Upstream) -> Dict:
+    """Refit upstream scores (kNN, probe) and drift of a fine-tuned
+    backbone, as result fields."""
+    scores, drift = measure_backbone(state, upstream)
+    before = upstream.scores
+    out = dict(
+        upstream_knn_before=before['knn'],
+        upstream_knn_after=scores['knn'],
+        upstream_probe_before=before['probe'],
+        upstream_probe_after=scores['probe'],
+        drift_stem=drift[0]['drift'],
+        drift_mean=sum(r['drift'] for r in drift) / len(drift),
+        drift_by_layer={r['layer']: r['drift']
+                        for r in drift})
+    return out
+
+
+def _metrics(task: str, metrics: Dict[str, float]) -> Dict[str, float]:
+    spec = TASKS[task]
+    out = dict(downstream=float(metrics[spec.metric]) * spec.scale)
+    out.update({
+        key: float(metrics[name]) * spec.scale
+        for key, name in spec.extra.items()
     })
-    cfg.merge_from_dict(options)
-    if not verbose:
-        cfg.log_level = 'WARNING'
-    if method == 'olor':
-        cfg.optim_wrapper.paramwise_cfg.rollback.update(
-            max=config['r_max'], power=config['power'])
-    elif method == 'l2sp':
-        from mmdet.registry import MODELS
-        cfg.model = l2sp_model_cfg(
-            cfg.model, config['alpha'], scope=['backbone'], registry=MODELS)
-    return cfg
+    return out
 
 
-def run_one(method: str,
+def interpolate(theta0: Dict[str, torch.Tensor],
+                theta1: Dict[str, torch.Tensor],
+                alpha: float) -> Dict[str, torch.Tensor]:
+    """WiSE-FT's weights ``theta0 + alpha * (theta1 - theta0)`` for every
+    floating-point entry (buffers too); other entries from ``theta1``."""
+    return {
+        k: theta0[k] + alpha * (v - theta0[k])
+        if v.is_floating_point() else v.clone()
+        for k, v in theta1.items()
+    }
+
+
+def _save_backbone(state: Dict[str, torch.Tensor], work_dir: str,
+                   name: str) -> str:
+    path = osp.join(work_dir, name)
+    torch.save(
+        dict(state_dict={'backbone.' + k: v
+                         for k, v in state.items()}), path)
+    return path
+
+
+def run_one(task: str,
+            regime: str,
+            method: str,
             config: Dict,
             seed: int,
             data_root: str,
-            upstream: Upstream,
+            upstream: str,
             work_dir: str,
             iters: int,
+            wise_ft: Sequence[float] = (),
             verbose: bool = False,
-            threads: Optional[int] = None) -> Dict:
-    """Fine-tune once and measure; returns the benchmark's result entry.
+            threads: Optional[int] = None) -> List[Dict]:
+    """Fine-tune once through the task's runner and measure.
 
     Args:
-        method, config, seed, data_root, work_dir, iters, verbose: As for
-            :func:`run_config`.
-        upstream (Upstream | str): The upstream model, or its checkpoint
-            (rebuilt with :func:`~benchmarks.protocol.load_upstream`).
+        task (str): ``'det'``, ``'seg'`` or ``'cls'``.
+        regime (str): A key of :data:`~benchmarks.tasks.REGIMES`.
+        method (str), config (dict): The method and its setting
+            (:func:`~benchmarks.tasks.method_config`).
+        seed (int): The runner's seed (``randomness.seed``).
+        data_root (str): The downstream data.
+        upstream (str): The upstream checkpoint.
+        work_dir (str): The runner's work dir.
+        iters (int): Training iterations.
+        wise_ft (Sequence[float]): For ``adamw`` only: also evaluate
+            WiSE-FT, the backbone interpolated from the upstream weights
+            toward the fine-tuned ones by each alpha (heads as
+            fine-tuned), downstream and upstream, without training.
+            Defaults to ().
+        verbose (bool): Keep the runner's INFO logs on the console.
+            Defaults to False.
         threads (int, optional): ``torch.set_num_threads`` for the run.
-            Defaults to None (unchanged).
 
     Returns:
-        dict: ``method``, ``config``, ``seed``, ``downstream`` (COCO bbox
-        mAP), ``upstream_before`` / ``upstream_after`` (kNN accuracy), and
-        the other scores, drifts and the wall time.
+        list[dict]: The run's result entry, then one per WiSE-FT alpha.
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    if isinstance(upstream, str):
-        upstream = load_upstream(upstream)
-    cfg = run_config(method, config, seed, data_root, upstream.checkpoint,
-                     work_dir, iters, verbose)
+    if wise_ft and method != 'adamw':
+        raise ValueError('WiSE-FT interpolates the adamw run; got '
+                         f'method {method!r}')
+    classes = REGIMES[regime].downstream_classes
+    cfg = task_config(task, classes, data_root, upstream, work_dir, iters,
+                      seed)
+    cfg = method_config(cfg, task, method, config)
+    cfg.experiment_name = osp.basename(osp.normpath(work_dir))
+    if not verbose:
+        cfg.log_level = 'WARNING'
     os.makedirs(work_dir, exist_ok=True)
+    up = load_upstream(upstream)
+    common = dict(
+        task=task,
+        regime=regime,
+        seed=seed,
+        upstream=osp.basename(upstream),
+        iters=iters)
     start = time.time()
     # COCO evaluation prints its tables with print(): keep them in a file.
     with open(osp.join(work_dir, 'stdout.txt'), 'w') as out, \
@@ -147,29 +202,56 @@ def run_one(method: str,
              contextlib.redirect_stdout(out)):
         runner = Runner.from_cfg(cfg)
         runner.train()
-    hub = runner.message_hub
-    metrics = {
-        key: float(hub.get_scalar(f'val/coco/{key}').current())
-        for key in ('bbox_mAP', 'segm_mAP')
-    }
-    state = copy.deepcopy(runner.model.backbone.state_dict())
-    del runner
-    scores, drift = measure_backbone(state, upstream)
-    before = upstream.scores
-    return dict(
-        method=method,
-        config=config,
-        seed=seed,
-        downstream=metrics['bbox_mAP'],
-        upstream_before=before['knn'],
-        upstream_after=scores['knn'],
-        downstream_segm=metrics['segm_mAP'],
-        upstream_probe_before=before['probe'],
-        upstream_probe_after=scores['probe'],
-        upstream_head_before=before['head'],
-        upstream_head_after=scores['head'],
-        drift_stem=drift[0]['drift'],
-        drift_mean=sum(r['drift'] for r in drift) / len(drift),
-        drift_by_layer={r['layer']: r['drift']
-                        for r in drift},
-        wall_s=round(time.time() - start, 1))
+        hub = runner.message_hub
+        metric_names = [TASKS[task].metric, *TASKS[task].extra.values()]
+        metrics = {
+            name: hub.get_scalar(f'val/{name}').current()
+            for name in metric_names
+        }
+        backbone = runner.model.backbone
+        tuned = {k: v.detach().clone() for k, v in
+                 backbone.state_dict().items()}
+        # Backbone-only files (tensors only: loadable with
+        # weights_only=True) for the upstream measurement.
+        checkpoints = [_save_backbone(tuned, work_dir, 'backbone.pth')]
+        entries = [
+            dict(
+                common,
+                method=method,
+                config=dict(config),
+                **_metrics(task, metrics),
+                **_scores(tuned, up),
+                wall_s=round(time.time() - start, 1))
+        ]
+        theta0 = backbone_state(upstream)
+        for alpha in wise_ft:
+            start = time.time()
+            weights = interpolate(theta0, tuned, alpha)
+            backbone.load_state_dict(weights)
+            metrics = runner.val_loop.run()
+            checkpoints.append(
+                _save_backbone(weights, work_dir,
+                               f'backbone_wise-ft_{alpha:g}.pth'))
+            entries.append(
+                dict(
+                    common,
+                    method='wise-ft',
+                    config=dict(alpha=alpha),
+                    **_metrics(task, metrics),
+                    **_scores(weights, up),
+                    wall_s=round(time.time() - start, 1)))
+        del runner
+        # The old head: the upstream classifier with each backbone swapped
+        # in, evaluated by upstream_retention.py.
+        start = time.time()
+        before, after = old_head_accuracy(
+            upstream, REGIMES[regime].upstream_classes,
+            upstream_test_root(upstream), checkpoints,
+            osp.join(work_dir, 'upstream_retention'))
+    share = (time.time() - start) / len(entries)
+    for entry, head in zip(entries, after):
+        entry.update(
+            upstream_head_before=before,
+            upstream_head_after=head,
+            wall_s=round(entry['wall_s'] + share, 1))
+    return entries

@@ -17,19 +17,22 @@ import os
 import os.path as osp
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from mmolor.engine.drift import layer_drift
-from .datasets import load_digit_split, render_digits, write_digit_scenes
+from .datasets import CROPS_LAYOUT, write_digit_scenes
 from .retention import upstream_scores
-from .upstream import build_backbone, pretrain_upstream, save_upstream
+from .upstream import (build_backbone, pretrain_upstream, save_upstream,
+                       upstream_split)
 
 __all__ = [
     'REPO_ROOT', 'DEMO_CONFIGS', 'Upstream', 'prepare_upstream',
-    'load_upstream', 'prepare_scenes', 'path_options', 'read_metrics',
-    'last_checkpoint', 'backbone_state', 'measure_backbone'
+    'upstream_test_root', 'write_upstream_test_set', 'load_upstream',
+    'prepare_scenes', 'path_options', 'read_metrics', 'last_checkpoint',
+    'backbone_state', 'measure_backbone'
 ]
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -54,7 +57,8 @@ class Upstream(NamedTuple):
 def prepare_upstream(work_dir: str,
                      seed: int = 0,
                      steps: int = 200,
-                     classes=UPSTREAM_CLASSES) -> Upstream:
+                     classes=UPSTREAM_CLASSES,
+                     matched: bool = False) -> Upstream:
     """Pre-train, save and score the upstream model.
 
     Args:
@@ -63,14 +67,19 @@ def prepare_upstream(work_dir: str,
             Defaults to 0.
         steps (int): Pre-training steps. Defaults to 200.
         classes (Sequence[int]): Upstream digits. Defaults to 0-4.
+        matched (bool): Pre-train (and score) on digits in the downstream
+            scenes' low-level statistics instead of clean crops
+            (:func:`~benchmarks.upstream.pretrain_upstream`). Defaults to
+            False.
 
     Returns:
         Upstream: The checkpoint path, data, head, weights and scores.
     """
     os.makedirs(work_dir, exist_ok=True)
-    model, split = pretrain_upstream(classes=classes, steps=steps, seed=seed)
+    model, split = pretrain_upstream(
+        classes=classes, steps=steps, seed=seed, matched=matched)
     name = (f"upstream_r18-w16_digits-{'-'.join(map(str, classes))}"
-            f'_seed{seed}.pth')
+            f"{'_matched' if matched else ''}_seed{seed}.pth")
     checkpoint = osp.join(work_dir, name)
     save_upstream(
         model,
@@ -79,14 +88,40 @@ def prepare_upstream(work_dir: str,
             classes=list(classes),
             steps=steps,
             seed=seed,
+            matched=matched,
             image_size=split['train'][0].shape[-1]))
-    head = model.head.eval().requires_grad_(False)
+    write_upstream_test_set(split['test'], upstream_test_root(checkpoint))
+    head = model.head.fc.eval().requires_grad_(False)
     state = {
         n: p.detach().clone()
         for n, p in model.backbone.named_parameters()
     }
     scores = upstream_scores(model.backbone, split, head=head)
     return Upstream(checkpoint, split, head, state, scores)
+
+
+def upstream_test_root(checkpoint: str) -> str:
+    """Where :func:`prepare_upstream` writes the held-out upstream digits
+    of ``checkpoint`` as an mmpretrain data set (``crops/val.txt``)."""
+    return osp.splitext(checkpoint)[0] + '_test'
+
+
+def write_upstream_test_set(test: Tuple[np.ndarray, np.ndarray],
+                            data_root: str) -> str:
+    """Write held-out upstream ``(images, labels)`` as PNGs and an
+    mmpretrain annotation file (the ``val`` part of
+    :data:`~benchmarks.datasets.CROPS_LAYOUT`); returns the file."""
+    ann_rel, img_rel = CROPS_LAYOUT['val']
+    os.makedirs(osp.join(data_root, img_rel), exist_ok=True)
+    lines = []
+    for i, (image, label) in enumerate(zip(*test)):
+        name = f'{i:06d}.png'
+        cv2.imwrite(osp.join(data_root, img_rel, name), image)
+        lines.append(f'{name} {int(label)}')
+    path = osp.join(data_root, ann_rel)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return path
 
 
 def load_upstream(checkpoint: str) -> Upstream:
@@ -98,20 +133,17 @@ def load_upstream(checkpoint: str) -> Upstream:
     from mmolor.compat.checkpoint import load_from_local
     saved = load_from_local(checkpoint, map_location='cpu')
     meta, state = saved['meta'], saved['state_dict']
-    split = {
-        k: (render_digits(images, meta['image_size']), labels)
-        for k, (images, labels) in load_digit_split(
-            meta['classes'], seed=meta['seed']).items()
-    }
+    split = upstream_split(meta['classes'], meta['seed'], meta['image_size'],
+                           meta.get('matched', False))
     backbone = build_backbone()
     backbone.load_state_dict({
         k[len('backbone.'):]: v
         for k, v in state.items() if k.startswith('backbone.')
     })
     backbone.eval()
-    weight = state['head.weight']
+    weight = state['head.fc.weight']
     head = nn.Linear(weight.shape[1], weight.shape[0])
-    head.load_state_dict(dict(weight=weight, bias=state['head.bias']))
+    head.load_state_dict(dict(weight=weight, bias=state['head.fc.bias']))
     head.eval().requires_grad_(False)
     params = {n: p.detach().clone() for n, p in backbone.named_parameters()}
     scores = upstream_scores(backbone, split, head=head)

@@ -8,7 +8,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    'format_table', 'demo_tables', 'plot_drift', 'summarize', 'plot_tradeoff'
+    'format_table', 'demo_tables', 'plot_drift', 'summarize', 'plot_tradeoff',
+    'setting_label', 'paired_tables', 'plot_paired'
 ]
 
 
@@ -249,6 +250,131 @@ def plot_tradeoff(summary: List[Dict],
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc='best')
     fig.suptitle('Forgetting benchmark: mean ± std over seeds', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def setting_label(method: str, config: Dict) -> str:
+    """``olor (r_max=0.01, power=1)``."""
+    body = ', '.join(f'{k}={v:g}' for k, v in config.items())
+    return method + (f' ({body})' if body else '')
+
+
+def _interval(row: Optional[Dict]) -> str:
+    if row is None:
+        return '-'
+    mean = f"{100 * row['mean_diff']:+.1f}"
+    if row['ci_low'] is None:
+        return mean
+    return (f"{mean} [{100 * row['ci_low']:+.1f}, "
+            f"{100 * row['ci_high']:+.1f}]")
+
+
+def paired_tables(results: List[Dict], paired: List[Dict],
+                  metric_names: Dict[str, str]) -> str:
+    """One table per (task, regime): every setting's mean ± std over seeds
+    and its paired difference to AdamW with the 95% CI, in points.
+
+    Args:
+        results (list[dict]): The benchmark's ``results``.
+        paired (list[dict]): :func:`~benchmarks.stats.paired` of them.
+        metric_names (dict): Task -> the name of its downstream metric.
+    """
+    blocks = []
+    groups: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
+    for r in results:
+        groups.setdefault((r['task'], r['regime']), []).append(r)
+    for (task, regime), entries in groups.items():
+        settings: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
+        for e in entries:
+            key = (e['method'], json.dumps(e['config'], sort_keys=True))
+            settings.setdefault(key, []).append(e)
+        rows = []
+        for (method, config), runs in settings.items():
+            found = {
+                p['metric']: p
+                for p in paired
+                if (p['task'], p['regime'], p['method'],
+                    json.dumps(p['config'], sort_keys=True)) == (task, regime,
+                                                                 method,
+                                                                 config)
+            }
+            cells = []
+            for metric in ('downstream', 'upstream_head_after'):
+                mean, std = _mean_std([100 * e[metric] for e in runs])
+                cells += [f'{mean:.1f} ± {std:.1f}',
+                          _interval(found.get(metric))]
+            rows.append(
+                [setting_label(method, json.loads(config)),
+                 len(runs)] + cells)
+        before = _mean_std([100 * e['upstream_head_before']
+                            for e in entries])[0]
+        header = [
+            'method (setting)', 'seeds', metric_names[task],
+            '- AdamW [95% CI]', 'old head', '- AdamW [95% CI]'
+        ]
+        blocks.append(f'{task}, {regime} (old head before fine-tuning: '
+                      f'{before:.1f}):\n' + format_table(header, rows))
+    return '\n\n'.join(blocks)
+
+
+def plot_paired(paired: List[Dict], task: str, out: str,
+                metric_name: str) -> None:
+    """The task's settings as paired differences to AdamW (95% CI bars):
+    downstream on x, old-head retention on y; one panel per regime."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = [p for p in paired if p['task'] == task]
+    regimes = list(OrderedDict.fromkeys(p['regime'] for p in rows))
+    fig, axes = plt.subplots(
+        1, max(1, len(regimes)), figsize=(6 * max(1, len(regimes)), 4.5),
+        squeeze=False)
+    colours = {
+        'l2sp': 'C2', 'llrd': 'C4', 'olor': 'C1', 'olor+llrd': 'C3',
+        'wise-ft': 'C5'
+    }
+    markers = 'osD^v<>pPX*'
+    for ax, regime in zip(axes[0], regimes):
+        points: 'OrderedDict[tuple, Dict]' = OrderedDict()
+        for p in rows:
+            if p['regime'] == regime:
+                key = (p['method'], json.dumps(p['config'], sort_keys=True))
+                points.setdefault(key, {})[p['metric']] = p
+        seen: Dict[str, int] = {}
+        for (method, config), found in points.items():
+            x, y = found.get('downstream'), found.get('upstream_head_after')
+            if x is None or y is None:
+                continue
+            i = seen[method] = seen.get(method, -1) + 1
+
+            def err(p):
+                if p['ci_low'] is None:
+                    return None
+                return [[100 * (p['mean_diff'] - p['ci_low'])],
+                        [100 * (p['ci_high'] - p['mean_diff'])]]
+
+            ax.errorbar(
+                100 * x['mean_diff'],
+                100 * y['mean_diff'],
+                xerr=err(x),
+                yerr=err(y),
+                fmt=markers[i % len(markers)],
+                color=colours.get(method, 'k'),
+                capsize=3,
+                label=f"{setting_label(method, json.loads(config))} "
+                f"(n={x['n']})")
+        ax.axhline(0, color='grey', lw=0.8)
+        ax.axvline(0, color='grey', lw=0.8)
+        ax.set_xlabel(f'{metric_name} minus AdamW (points)')
+        ax.set_ylabel('old-head accuracy minus AdamW (points)')
+        ax.set_title(f'{task}, {regime}', fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc='best')
+    fig.suptitle('Paired with AdamW on the same seed: mean and 95% '
+                 't-interval', fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -10,8 +10,19 @@ Three instruments, from the most forgiving to the most sensitive:
 - ``head``: the original upstream head, kept as it was after pre-training,
   on the fine-tuned backbone's features (no refitting). Refit probes barely
   notice forgetting on easy data; the old head does.
+
+:func:`old_head_accuracy` measures the last one as a user would, with
+``tools/analysis_tools/upstream_retention.py``: the upstream model as an
+mmpretrain ImageClassifier, evaluated by its runner with each fine-tuned
+backbone swapped in.
 """
-from typing import Dict, Optional, Tuple
+import contextlib
+import functools
+import importlib.util
+import json
+import os
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +30,13 @@ from torch import nn
 
 from .upstream import to_inputs
 
-__all__ = ['extract_features', 'upstream_scores']
+__all__ = ['extract_features', 'upstream_scores', 'old_head_accuracy']
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# The upstream model as an mmpretrain ImageClassifier: the benchmark's cls
+# config (same backbone, pooling and linear head).
+UPSTREAM_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
+                           'resnet18-w16_adamw_300i_digit-crops.py')
 
 
 @torch.no_grad()
@@ -85,6 +102,66 @@ def upstream_scores(backbone: nn.Module,
         probe=float(probe.score(f_test, y_test)))
     if head is not None:
         with torch.no_grad():
-            logits = head(torch.from_numpy(f_test).to(head.weight.dtype))
+            logits = head(
+                torch.from_numpy(f_test).to(next(head.parameters()).dtype))
         scores['head'] = float((logits.argmax(1).numpy() == y_test).mean())
     return scores
+
+
+@functools.lru_cache()
+def _retention_tool():
+    """``tools/analysis_tools/upstream_retention.py`` as a module."""
+    path = osp.join(REPO_ROOT, 'tools', 'analysis_tools',
+                    'upstream_retention.py')
+    spec = importlib.util.spec_from_file_location('upstream_retention', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def old_head_accuracy(upstream: str, classes: Sequence[int], test_root: str,
+                      checkpoints: Sequence[str],
+                      work_dir: str) -> Tuple[float, List[float]]:
+    """Accuracy of the upstream classifier, as it was and with each
+    checkpoint's backbone in place of its own (head kept), on held-out
+    upstream digits, in [0, 1].
+
+    Runs ``upstream_retention.py`` (in this process): the upstream model is
+    :data:`UPSTREAM_CONFIG` with ``len(classes)`` classes, its test set the
+    images under ``test_root`` (``crops/val.txt``).
+
+    Args:
+        upstream (str): The upstream checkpoint (``backbone.*``,
+            ``head.fc.*``).
+        classes (Sequence[int]): The upstream digits.
+        test_root (str): The held-out upstream digits
+            (:func:`~benchmarks.protocol.write_upstream_test_set`).
+        checkpoints (Sequence[str]): Fine-tuned checkpoints.
+        work_dir (str): Where the config, logs and JSON go.
+
+    Returns:
+        tuple: The upstream model's accuracy and one per checkpoint.
+    """
+    from mmengine.config import Config
+    os.makedirs(work_dir, exist_ok=True)
+    cfg = Config.fromfile(UPSTREAM_CONFIG)
+    names = tuple(f'digit_{c}' for c in classes)
+    cfg.merge_from_dict({
+        'model.backbone.init_cfg': None,
+        'model.head.num_classes': len(names),
+        'data_preprocessor.num_classes': len(names),
+        'test_dataloader.dataset.data_root': test_root,
+        'test_dataloader.dataset.metainfo': dict(classes=names),
+        'log_level': 'WARNING',
+    })
+    config = osp.join(work_dir, 'upstream_classifier.py')
+    cfg.dump(config)
+    with open(osp.join(work_dir, 'upstream_retention.txt'), 'w') as out, \
+            contextlib.redirect_stdout(out):
+        _retention_tool().main(
+            [config, upstream, *checkpoints, '--work-dir', work_dir])
+    with open(osp.join(work_dir, 'upstream_retention.json')) as f:
+        result = json.load(f)
+    return (result['upstream']['metrics']['accuracy/top1'] / 100, [
+        c['metrics']['accuracy/top1'] / 100 for c in result['checkpoints']
+    ])

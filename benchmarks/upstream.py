@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from mmengine.logging import MMLogger, print_log
 from torch import Tensor, nn
 
-from .datasets import load_digit_split, render_digits
+from .datasets import compose_digits, load_digit_split, render_digits
 
 __all__ = [
     'DEMO_BACKBONE', 'UpstreamClassifier', 'build_backbone', 'to_inputs',
-    'pretrain_upstream', 'save_upstream'
+    'upstream_split', 'pretrain_upstream', 'save_upstream'
 ]
 
 # The demo's backbone: a ResNet-18 at a quarter of the width (stages of 16,
@@ -55,7 +55,11 @@ def build_backbone(cfg: Optional[dict] = None) -> nn.Module:
         nn.Module: The backbone, randomly initialised (``init_weights``).
     """
     from mmdet.registry import MODELS
-    backbone = MODELS.build(copy.deepcopy(cfg or DEMO_BACKBONE))
+    from mmengine.registry import DefaultScope
+
+    # mmdet's, whatever scope a runner of another codebase left current.
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        backbone = MODELS.build(copy.deepcopy(cfg or DEMO_BACKBONE))
     # Without a log file, init_weights prints one block per parameter.
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -76,6 +80,18 @@ def _out_channels(backbone: nn.Module, size: int = 32) -> int:
     return out.shape[1]
 
 
+class LinearHead(nn.Module):
+    """A linear layer named as in mmpretrain's ``LinearClsHead`` (``fc``),
+    so an ImageClassifier loads the upstream checkpoint's head."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+
 class UpstreamClassifier(nn.Module):
     """Backbone, global average pooling of the last stage, linear head.
 
@@ -88,7 +104,7 @@ class UpstreamClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(_out_channels(backbone), num_classes)
+        self.head = LinearHead(_out_channels(backbone), num_classes)
 
     def features(self, x: Tensor) -> Tensor:
         """Pooled features of the backbone's last stage, ``(N, C)``."""
@@ -116,6 +132,33 @@ def _augment(x: Tensor, rng: torch.Generator, shift: int) -> Tensor:
     return pad[:, :, dy:dy + h, dx:dx + w]
 
 
+def upstream_split(classes: Sequence[int],
+                   seed: int = 0,
+                   image_size: int = 32,
+                   matched: bool = False) -> Dict[str, Tuple]:
+    """The upstream task's images: the digits of ``classes`` split into
+    train and held-out (:func:`~benchmarks.datasets.load_digit_split`),
+    each rendered once, as clean centred crops or (``matched``) in the
+    downstream scenes' statistics
+    (:func:`~benchmarks.datasets.compose_digits`, seeded by ``seed``).
+
+    Returns:
+        dict: ``{'train': (images, labels), 'test': (images, labels)}``
+        with uint8 ``(N, image_size, image_size)`` images.
+    """
+    split = load_digit_split(classes, seed=seed)
+    if not matched:
+        return {
+            k: (render_digits(images, image_size), labels)
+            for k, (images, labels) in split.items()
+        }
+    rng = np.random.default_rng(seed + 3)
+    return {
+        k: (compose_digits(images, image_size, rng), labels)
+        for k, (images, labels) in split.items()
+    }
+
+
 def pretrain_upstream(
         classes: Sequence[int] = (0, 1, 2, 3, 4),
         image_size: int = 32,
@@ -124,6 +167,7 @@ def pretrain_upstream(
         lr: float = 2e-3,
         shift: int = 3,
         seed: int = 0,
+        matched: bool = False,
         backbone_cfg: Optional[dict] = None,
         log_interval: int = 50) -> Tuple[UpstreamClassifier, Dict[str, Tuple]]:
     """Pre-train a backbone on the upstream digits (Adam, cross-entropy).
@@ -136,9 +180,16 @@ def pretrain_upstream(
         batch_size (int): Images per step. Defaults to 64.
         lr (float): Adam's learning rate (cosine-decayed to 0). Defaults to
             2e-3.
-        shift (int): Random translation, in pixels. Defaults to 3.
+        shift (int): Random translation of clean crops, in pixels.
+            Defaults to 3.
         seed (int): Seed of the data split, initialisation and batches.
             Defaults to 0.
+        matched (bool): Draw every batch in the downstream scenes'
+            low-level statistics (noisy background, random scale, place
+            and brightness; :func:`~benchmarks.datasets.compose_digits`)
+            instead of clean crops shifted by up to ``shift`` pixels; the
+            returned split is rendered the same way
+            (:func:`upstream_split`). Defaults to False.
         backbone_cfg (dict, optional): Defaults to ``DEMO_BACKBONE``.
         log_interval (int): Log the loss every this many steps. Defaults
             to 50.
@@ -149,14 +200,12 @@ def pretrain_upstream(
         uint8 ``(N, image_size, image_size)`` images.
     """
     torch.manual_seed(seed)
-    split = load_digit_split(classes, seed=seed)
-    split = {
-        k: (render_digits(images, image_size), labels)
-        for k, (images, labels) in split.items()
-    }
+    split = upstream_split(classes, seed, image_size, matched)
     model = UpstreamClassifier(build_backbone(backbone_cfg), len(classes))
+    glyphs = load_digit_split(classes, seed=seed)['train'][0]
     x_train = to_inputs(split['train'][0])
     y_train = torch.from_numpy(split['train'][1])
+    compose_rng = np.random.default_rng(seed + 4)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     rng = torch.Generator().manual_seed(seed)
@@ -164,7 +213,13 @@ def pretrain_upstream(
     start = time.time()
     for step in range(1, steps + 1):
         index = torch.randint(0, len(x_train), (batch_size, ), generator=rng)
-        logits = model(_augment(x_train[index], rng, shift))
+        if matched:
+            x = to_inputs(
+                compose_digits(glyphs[index.numpy()], image_size,
+                               compose_rng))
+        else:
+            x = _augment(x_train[index], rng, shift)
+        logits = model(x)
         loss = F.cross_entropy(logits, y_train[index])
         optimizer.zero_grad()
         loss.backward()
@@ -183,7 +238,6 @@ def pretrain_upstream(
 def save_upstream(model: UpstreamClassifier,
                   path: str,
                   meta: Optional[dict] = None) -> None:
-    """Save ``state_dict`` (``backbone.*``, ``head.*``) and ``meta``."""
+    """Save ``state_dict`` (``backbone.*``, ``head.fc.*``) and ``meta``."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save(dict(state_dict=state, meta=dict(meta or {})), path)
-

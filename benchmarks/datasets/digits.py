@@ -21,7 +21,9 @@ import numpy as np
 from .synthetic import COCO_LAYOUT
 
 __all__ = [
-    'load_digit_split', 'render_digits', 'write_digit_scenes', 'DIGIT_CLASSES'
+    'load_digit_split', 'render_digits', 'compose_digits',
+    'write_digit_scenes', 'write_semantic_masks', 'write_digit_crops',
+    'DIGIT_CLASSES', 'SEMANTIC_LAYOUT', 'CROPS_LAYOUT'
 ]
 
 # Category names of the downstream scenes, by digit.
@@ -91,6 +93,45 @@ def render_digits(images: np.ndarray, size: int) -> np.ndarray:
         for img in batch
     ]).clip(0, 255).round().astype(np.uint8)
     return out[0] if single else out
+
+
+def compose_digits(images: np.ndarray,
+                   size: int,
+                   rng: np.random.Generator,
+                   scale: Tuple[float, float] = (0.6, 1.0),
+                   brightness: Tuple[float, float] = (0.7, 1.0),
+                   noise: int = 48) -> np.ndarray:
+    """Digits in the scenes' low-level statistics: each glyph at a random
+    scale, place and brightness on a noisy dark canvas.
+
+    The scenes of :func:`write_digit_scenes` draw every digit this way
+    (noise in ``[0, noise)``, brightness in ``brightness``), so crops
+    composed here share their statistics.
+
+    Args:
+        images (np.ndarray): ``(N, 8, 8)`` digits in [0, 16].
+        size (int): Side of the output images.
+        rng (np.random.Generator): The source of every draw.
+        scale (tuple[float, float]): Glyph side as a fraction of ``size``.
+            Defaults to (0.6, 1.0).
+        brightness (tuple[float, float]): Ink brightness factor. Defaults
+            to (0.7, 1.0).
+        noise (int): Background values are uniform in ``[0, noise)``.
+            Defaults to 48.
+
+    Returns:
+        np.ndarray: ``(N, size, size)`` uint8 images.
+    """
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f'Invalid scale: {scale} (need 0 < min <= max <= 1)')
+    out = rng.integers(0, noise, size=(len(images), size, size))
+    for canvas, image in zip(out, images):
+        side = max(8, int(round(size * rng.uniform(*scale))))
+        x0, y0 = rng.integers(0, size - side + 1, size=2)
+        glyph = render_digits(image, side) * rng.uniform(*brightness)
+        window = canvas[y0:y0 + side, x0:x0 + side]
+        np.maximum(window, glyph.astype(np.int64), out=window)
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def _place(rng: np.random.Generator,
@@ -236,5 +277,102 @@ def write_digit_scenes(data_root: str,
                     images=images,
                     annotations=annotations,
                     categories=categories), f)
+        written[name] = path
+    return written
+
+
+# Semantic label maps of the scenes (written beside COCO's image folders):
+# one PNG per scene, 0 = background, i + 1 = the scene's category i + 1.
+SEMANTIC_LAYOUT = dict(
+    train=('train2017/', 'semantic_train2017/'),
+    val=('val2017/', 'semantic_val2017/'))
+
+
+def write_semantic_masks(data_root: str) -> Dict[str, str]:
+    """Write the semantic label maps of scenes :func:`write_digit_scenes`
+    wrote: each pixel gets the category id of the object mask covering it
+    (the COCO polygons), 0 elsewhere.
+
+    Returns:
+        dict: split name -> label folder.
+    """
+    from pycocotools.coco import COCO
+
+    written = {}
+    for name, (ann_rel, _) in COCO_LAYOUT.items():
+        ann = osp.join(data_root, ann_rel)
+        if not osp.exists(ann):
+            continue
+        coco = COCO(ann)
+        out_dir = osp.join(data_root, SEMANTIC_LAYOUT[name][1])
+        os.makedirs(out_dir, exist_ok=True)
+        for img in coco.loadImgs(coco.getImgIds()):
+            label = np.zeros((img['height'], img['width']), np.uint8)
+            for a in coco.loadAnns(coco.getAnnIds(imgIds=img['id'])):
+                label[coco.annToMask(a) > 0] = a['category_id']
+            cv2.imwrite(osp.join(out_dir, img['file_name']), label)
+        written[name] = out_dir
+    return written
+
+
+# Classification crops: image folders and mmpretrain annotation files
+# ("<relative path> <label>" per line).
+CROPS_LAYOUT = dict(
+    train=('crops/train.txt', 'crops/train/'),
+    val=('crops/val.txt', 'crops/val/'))
+
+
+def write_digit_crops(data_root: str,
+                      classes: Sequence[int] = (5, 6, 7, 8, 9),
+                      num_images: Optional[Dict[str, int]] = None,
+                      image_size: int = 32,
+                      held_out: float = 0.3,
+                      seed: int = 0) -> Dict[str, str]:
+    """Write digit crops in the scenes' statistics for classification.
+
+    Every image is one digit of ``classes`` composed by
+    :func:`compose_digits`; ``train`` uses the train part of the digits,
+    ``val`` the held-out part (:func:`load_digit_split`). Label ``i`` is
+    ``classes[i]``. Images are drawn class by class in turn, so every class
+    has ``count // len(classes)`` or one more.
+
+    Args:
+        data_root (str): Where ``crops/`` goes.
+        classes (Sequence[int]): The digits. Defaults to (5, 6, 7, 8, 9).
+        num_images (dict, optional): Images per split (``train``, ``val``).
+            Defaults to ``dict(train=100, val=300)``.
+        image_size (int): Side in pixels. Defaults to 32.
+        held_out (float): As for :func:`load_digit_split`. Defaults to 0.3.
+        seed (int): Seed of the split and of the composition. Defaults
+            to 0.
+
+    Returns:
+        dict: split name -> annotation file path.
+    """
+    num_images = num_images or dict(train=100, val=300)
+    split = load_digit_split(classes, held_out=held_out, seed=seed)
+    source = dict(train='train', val='test')
+    rng = np.random.default_rng(seed + 2)
+    written = {}
+    for name, count in num_images.items():
+        glyphs, labels = split[source[name]]
+        ann_rel, img_rel = CROPS_LAYOUT[name]
+        os.makedirs(osp.join(data_root, img_rel), exist_ok=True)
+        by_class = [rng.permutation(np.flatnonzero(labels == c))
+                    for c in range(len(classes))]
+        index = np.array([
+            by_class[i % len(classes)][(i // len(classes)) %
+                                       len(by_class[i % len(classes)])]
+            for i in range(count)
+        ], dtype=np.int64)
+        images = compose_digits(glyphs[index], image_size, rng)
+        lines = []
+        for i, (image, k) in enumerate(zip(images, index)):
+            file_name = f'{i:06d}.png'
+            cv2.imwrite(osp.join(data_root, img_rel, file_name), image)
+            lines.append(f'{file_name} {int(labels[k])}')
+        path = osp.join(data_root, ann_rel)
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
         written[name] = path
     return written

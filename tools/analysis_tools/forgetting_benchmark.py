@@ -1,32 +1,46 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-"""Does OLOR forget less than plain fine-tuning? A seeded benchmark.
+"""Does OLOR fine-tune better, and forget less? A seeded, paired benchmark.
 
-The demo's protocol (see ``tools/demo.py``), repeated over seeds and
-methods: for every seed, a ResNet-18 (quarter width) is pre-trained on the
-bundled handwritten digits 0-4 and a Mask R-CNN whose backbone loads it is
-fine-tuned on COCO scenes of the digits 5-9 (``configs/demo/``), with
+For every seed a ResNet-18 (quarter width) is pre-trained on the bundled
+handwritten digits (the upstream), and fine-tuned through the real
+OpenMMLab runners on three task families (configs under ``configs/demo/``):
 
-- ``adamw``: plain AdamW, full fine-tuning;
-- ``l2sp``: AdamW plus the L2-SP loss term alpha/2 ||theta - theta0||^2 on
-  the backbone (Li et al., ICML 2018), for each ``--l2sp-alpha``;
-- ``olor``: OLOR-AdamW, for each ``--r-max`` x ``--power``.
+- ``det``: mmdet Mask R-CNN on COCO scenes of digits (bbox mAP; mask mAP
+  beside it);
+- ``seg``: mmseg UPerNet on the same scenes' label maps (mIoU);
+- ``cls``: mmpretrain ImageClassifier on 32x32 digit crops drawn in the
+  scenes' statistics (top-1).
 
-All runs of a seed share the upstream model, the scenes and the data order,
-so methods are compared on the same draw. Scores are fractions in [0, 1]:
-``downstream`` is the COCO bbox mAP on held-out scenes (``downstream_segm``
-the mask mAP); ``upstream_before`` / ``upstream_after`` are the accuracy of
-a kNN classifier on the pre-trained / fine-tuned backbone's features for
-held-out upstream digits (``upstream_probe_*``: a refit logistic-regression
-probe; ``upstream_head_*``: the original upstream head, not refit, the most
-sensitive of the three).
+in the regimes of ``benchmarks.tasks.REGIMES``: ``related-few`` /
+``related-many`` (upstream: all ten digits in the downstream's low-level
+statistics; downstream: the same digits, few or many training images),
+``shifted`` (upstream: clean crops of the same digits) and ``unrelated``
+(upstream: digits 0-4; downstream: 5-9), with the methods
 
-It writes ``forgetting.json`` (``results``: one entry per (method, setting,
-seed); ``summary``: mean and std over seeds) and ``forgetting.png``, and
-prints the JSON file's path as its last line.
+- ``adamw``: full fine-tuning;
+- ``l2sp``: AdamW + alpha/2 ||theta - theta0||^2 on the backbone;
+- ``llrd``: AdamW with stage-wise layer-wise lr decay;
+- ``olor``: OLOR-AdamW, r_max x power;
+- ``olor+llrd``: OLOR over the lr decay's constructor;
+- ``wise-ft``: AdamW's fine-tuned backbone interpolated with the upstream
+  one (no training).
+
+All runs of a seed share the upstream checkpoint, the data and the data
+order, and every method is compared with the AdamW run of the same seed:
+mean difference and 95% t-interval over seeds. Scores are fractions in
+[0, 1]: ``downstream`` is the task's metric on held-out data; upstream
+retention is ``upstream_head_after``, the upstream classifier's own head on
+the fine-tuned backbone's features for held-out upstream digits (a refit
+kNN and linear probe are reported beside it).
+
+Writes ``forgetting.json`` (``results``: one entry per task, regime,
+method, setting and seed; ``paired``: the differences to AdamW), one PNG
+per task, and prints the JSON file's path as its last line.
 
 Example:
     python tools/analysis_tools/forgetting_benchmark.py --quick
-    python tools/analysis_tools/forgetting_benchmark.py --seeds 0 1 2
+    python tools/analysis_tools/forgetting_benchmark.py --tasks cls \\
+        --regimes related-few unrelated --seeds 0 1 2 3 4
 """
 import argparse
 import itertools
@@ -35,9 +49,9 @@ import multiprocessing
 import os
 import os.path as osp
 import platform
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
@@ -46,282 +60,423 @@ import mmolor
 # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
 sys.path.insert(
     0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from benchmarks.benchmark import prepare_seed, run_one  # noqa: E402
-from benchmarks.protocol import DEMO_CONFIGS, REPO_ROOT  # noqa: E402
-from benchmarks.report import (format_table, plot_tradeoff,  # noqa: E402
-                               summarize)
+from benchmarks.benchmark import (digits_name,  # noqa: E402
+                                  prepare_data_job, prepare_upstream_job,
+                                  run_one)
+from benchmarks.report import (paired_tables, plot_paired,  # noqa: E402
+                               setting_label)
+from benchmarks.stats import paired  # noqa: E402
+from benchmarks.tasks import (METHODS, REGIMES, REPO_ROOT,  # noqa: E402
+                              SCENES, TASKS)
 
-# --quick: one setting per method, the smallest run that still trains.
+METRIC_NAMES = dict(det='bbox AP', seg='mIoU', cls='top-1')
+# --quick: each task in one regime, one setting per method, 3 seeds.
 QUICK = dict(
+    plan=[('det', 'related-few'), ('seg', 'related-few'),
+          ('cls', 'shifted')],
     seeds=[0, 1, 2],
-    iters=200,
-    upstream_steps=150,
-    scenes=(120, 40),
-    l2sp_alpha=[0.1],
+    methods=['adamw', 'l2sp', 'llrd', 'olor'],
+    iters=dict(det=300, seg=600, cls=300),
+    upstream_steps=600,
+    l2sp_alpha=[0.01],
+    llrd_decay=[0.7],
     r_max=[0.01],
-    power=[1.0])
-# The demo's size (400 iterations, 200 + 50 scenes); L2-SP from weak to
-# strong (at AdamW's drift, alpha/2 ||theta - theta0||^2 is ~0.3x, 3x and 30x
-# the task loss) and OLOR at the authors' r_max and ten times it.
+    power=[1.0],
+    wise_alpha=[])
 FULL = dict(
-    seeds=[0, 1, 2],
-    iters=400,
-    upstream_steps=200,
-    scenes=(200, 50),
-    l2sp_alpha=[0.01, 0.1, 1.0],
-    r_max=[0.01, 0.1],
-    power=[1.0, 2.0])
+    plan=list(itertools.product(TASKS, REGIMES)),
+    seeds=[0, 1, 2, 3, 4],
+    methods=list(METHODS),
+    iters=dict(det=900, seg=1500, cls=600),
+    upstream_steps=600,
+    l2sp_alpha=[0.01, 0.1],
+    llrd_decay=[0.7],
+    r_max=[0.001, 0.003, 0.01],
+    power=[1.0, 2.0],
+    wise_alpha=[0.5, 0.8])
 
 
-def _call_prepare_seed(kwargs):
-    return prepare_seed(**kwargs)
-
-
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Forgetting benchmark: AdamW vs L2-SP vs OLOR on the '
-        'digits upstream -> Mask R-CNN downstream protocol')
+        description='Forgetting benchmark: AdamW, L2-SP, LLRD, OLOR, '
+        'OLOR+LLRD and WiSE-FT on digits upstream -> det/seg/cls downstream,'
+        ' paired by seed')
     parser.add_argument(
         '--quick',
         action='store_true',
-        help='the smallest meaningful run: '
-        f"{len(QUICK['seeds'])} seeds, one setting per method, "
-        f"{QUICK['iters']} iterations (about 10 minutes on 2 CPU cores)")
+        help='the smallest meaningful run: ' + ', '.join(
+            f'{t} {r}' for t, r in QUICK['plan']) +
+        f"; {', '.join(QUICK['methods'])}; {len(QUICK['seeds'])} seeds")
+    parser.add_argument(
+        '--tasks', nargs='+', choices=list(TASKS), help='task families')
+    parser.add_argument(
+        '--regimes', nargs='+', choices=list(REGIMES), help='regimes')
     parser.add_argument('--seeds', type=int, nargs='+', help='seeds')
     parser.add_argument(
-        '--iters', type=int, help='downstream iterations per run')
+        '--methods', nargs='+', choices=list(METHODS), help='methods')
+    parser.add_argument(
+        '--iters',
+        nargs='+',
+        metavar='TASK=N',
+        help='training iterations per task, e.g. det=600 cls=400')
     parser.add_argument(
         '--upstream-steps', type=int, help='upstream pre-training steps')
     parser.add_argument(
         '--scenes',
         type=int,
-        nargs=2,
-        metavar=('TRAIN', 'VAL'),
-        help='downstream scenes per seed')
+        nargs=3,
+        metavar=('FEW', 'MANY', 'VAL'),
+        help='training scenes of the few and many sizes, validation scenes '
+        f"(det, seg; default {SCENES['few'][0]} {SCENES['many'][0]} "
+        f"{SCENES['few'][1]})")
     parser.add_argument(
-        '--methods',
-        nargs='+',
-        choices=['adamw', 'l2sp', 'olor'],
-        default=['adamw', 'l2sp', 'olor'],
-        help='methods to run')
+        '--crops',
+        type=int,
+        nargs=3,
+        metavar=('FEW', 'MANY', 'VAL'),
+        help='training crops of the few and many sizes, validation crops '
+        f"(cls; default {TASKS['cls'].sizes['few'][0]} "
+        f"{TASKS['cls'].sizes['many'][0]} {TASKS['cls'].sizes['few'][1]})")
     parser.add_argument(
         '--l2sp-alpha', type=float, nargs='+', help='L2-SP weights alpha')
+    parser.add_argument(
+        '--llrd-decay',
+        type=float,
+        nargs='+',
+        help='lr decay per backbone stage (llrd and olor+llrd)')
     parser.add_argument(
         '--r-max', type=float, nargs='+', help='OLOR r_max values')
     parser.add_argument(
         '--power', type=float, nargs='+', help='OLOR power values')
     parser.add_argument(
+        '--wise-alpha',
+        type=float,
+        nargs='+',
+        help='WiSE-FT interpolation weights (with the method wise-ft)')
+    parser.add_argument(
         '--jobs',
         type=int,
         default=min(2,
                     os.cpu_count() or 1),
-        help='runs in parallel (every run uses one thread: two one-thread '
-        'processes train ~1.8x faster than one two-thread process on 2 '
-        'cores); 1 runs them in this process')
+        help='runs in parallel, one thread each; 1 runs them in this '
+        'process')
     parser.add_argument(
         '--work-dir',
         help='defaults to work_dirs/forgetting_benchmark/<timestamp>')
     parser.add_argument(
         '--verbose',
         action='store_true',
-        help='show the runners\' INFO logs and COCO evaluation output')
-    args = parser.parse_args()
+        help='show the runners\' INFO logs and evaluation output')
+    args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
-    for key, value in preset.items():
+    tasks = args.tasks or list(
+        dict.fromkeys(t for t, _ in preset['plan']))
+    regimes = args.regimes or list(
+        dict.fromkeys(r for _, r in preset['plan']))
+    if args.tasks or args.regimes:
+        args.plan = [(t, r) for t, r in preset['plan']
+                     if t in tasks and r in regimes]
+        if not args.plan:
+            args.plan = list(itertools.product(tasks, regimes))
+    else:
+        args.plan = preset['plan']
+    for key in ('seeds', 'methods', 'upstream_steps', 'l2sp_alpha',
+                'llrd_decay', 'r_max', 'power', 'wise_alpha'):
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, preset[key])
+    iters = dict(preset['iters'])
+    for item in args.iters or []:
+        task, _, value = item.partition('=')
+        if task not in TASKS or not value.isdigit() or int(value) < 2:
+            parser.error(f'--iters: invalid {item!r} (expected TASK=N with '
+                         f'TASK in {tuple(TASKS)} and N >= 2)')
+        iters[task] = int(value)
+    args.iters = iters
+    if 'wise-ft' in args.methods:
+        if 'adamw' not in args.methods:
+            parser.error('wise-ft interpolates the adamw runs: add adamw to '
+                         '--methods')
+        if not args.wise_alpha:
+            parser.error('wise-ft needs --wise-alpha')
+    elif args.wise_alpha and args.wise_alpha != preset['wise_alpha']:
+        parser.error('--wise-alpha is for the method wise-ft: add it to '
+                     '--methods')
+    for name in ('seeds', 'l2sp_alpha', 'llrd_decay', 'r_max', 'power',
+                 'wise_alpha'):
+        values = getattr(args, name)
+        if len(set(values)) != len(values):
+            parser.error(f"--{name.replace('_', '-')}: repeated values "
+                         f'{values}')
+    if args.jobs < 1:
+        parser.error(f'--jobs: {args.jobs} (expected >= 1)')
+    sizes = dict(scenes=args.scenes, crops=args.crops)
+    for name, value in sizes.items():
+        if value is not None and min(value) < 1:
+            parser.error(f'--{name}: {value} (expected counts >= 1)')
+    args.scenes = args.scenes or (SCENES['few'][0], SCENES['many'][0],
+                                  SCENES['few'][1])
+    cls = TASKS['cls'].sizes
+    args.crops = args.crops or (cls['few'][0], cls['many'][0],
+                                cls['few'][1])
     return args
 
 
 def settings(args):
-    """(method, config) pairs, in run order."""
+    """(method, config) pairs that are trained, in run order."""
     out = []
-    if 'adamw' in args.methods:
-        out.append(('adamw', {}))
-    if 'l2sp' in args.methods:
-        out += [('l2sp', dict(alpha=a)) for a in args.l2sp_alpha]
-    if 'olor' in args.methods:
-        out += [('olor', dict(r_max=r, power=p))
-                for r, p in itertools.product(args.r_max, args.power)]
+    for method in args.methods:
+        if method == 'adamw':
+            out.append(('adamw', {}))
+        elif method == 'l2sp':
+            out += [('l2sp', dict(alpha=a)) for a in args.l2sp_alpha]
+        elif method == 'llrd':
+            out += [('llrd', dict(decay=d)) for d in args.llrd_decay]
+        elif method == 'olor':
+            out += [('olor', dict(r_max=r, power=p))
+                    for r, p in itertools.product(args.r_max, args.power)]
+        elif method == 'olor+llrd':
+            out += [('olor+llrd', dict(r_max=r, power=p, decay=d))
+                    for r, p, d in itertools.product(
+                        args.r_max, args.power, args.llrd_decay)]
     return out
 
 
-def _cell(row, key, prefix=''):
-    mean, std = row[f'{prefix}{key}_mean'], row[f'{prefix}{key}_std']
-    if key.startswith('drift'):
-        return f'{mean:+.4f} ± {std:.4f}' if prefix else \
-            f'{mean:.4f} ± {std:.4f}'
-    return f'{100 * mean:+.1f} ± {100 * std:.1f}' if prefix else \
-        f'{100 * mean:.1f} ± {100 * std:.1f}'
+def _call(job):
+    """Pool entry point: ``(index, function name, kwargs)``."""
+    index, name, kwargs = job
+    fn = dict(
+        upstream=prepare_upstream_job,
+        data=prepare_data_job,
+        run=run_one)[name]
+    return index, fn(**kwargs)
 
 
-def summary_tables(summary):
-    """Mean ± std over seeds, and the paired differences to AdamW."""
-    keys = [('downstream', 'bbox AP'), ('downstream_segm', 'segm AP'),
-            ('upstream_after', 'kNN'), ('upstream_probe_after', 'probe'),
-            ('upstream_head_after', 'old head'), ('drift_mean', 'drift')]
-
-    def name(row):
-        config = ', '.join(f'{k}={v:g}' for k, v in row['config'].items())
-        return row['method'] + (f' ({config})' if config else '')
-
-    header = ['method (setting)', 'seeds'] + [label for _, label in keys]
-    absolute = format_table(
-        header,
-        [[name(r), r['n']] + [_cell(r, k) for k, _ in keys] for r in summary])
-    paired = [r for r in summary if 'delta_downstream_mean' in r]
-    if not paired:
-        return absolute
-    delta = format_table(
-        header, [[name(r), r['n']] + [_cell(r, k, 'delta_') for k, _ in keys]
-                 for r in paired])
-    return (f'{absolute}\n\nminus AdamW on the same seed (paired), '
-            f'mean ± std:\n{delta}')
+def _init_worker():
+    # Ctrl-C reaches the whole process group: the main process alone
+    # decides, and terminates the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def main():
-    args = parse_args()
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def run_jobs(pool, jobs, on_result):
+    """Run ``(name, kwargs)`` jobs in ``pool`` (or here, if None) and call
+    ``on_result(index, result)`` as each ends."""
+    tagged = [(i, name, kwargs) for i, (name, kwargs) in enumerate(jobs)]
+    results = map(_call, tagged) if pool is None else \
+        pool.imap_unordered(_call, tagged)
+    for index, result in results:
+        on_result(index, result)
+
+
+def write_json(path, data):
+    """Atomically (a temporary file, then a rename)."""
+    with open(path + '.tmp', 'w') as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     work_dir = osp.abspath(
         args.work_dir
         or osp.join(REPO_ROOT, 'work_dirs', 'forgetting_benchmark', stamp))
     os.makedirs(work_dir, exist_ok=True)
     out_json = osp.join(work_dir, 'forgetting.json')
-    out_png = osp.join(work_dir, 'forgetting.png')
     plan = settings(args)
-    total = len(plan) * len(args.seeds)
+    regimes = list(dict.fromkeys(r for _, r in args.plan))
     meta = dict(
-        command=' '.join([osp.relpath(sys.argv[0], REPO_ROOT)] + sys.argv[1:]),
-        protocol=dict(
-            upstream='ResNet-18 (base_channels 16) classifying the bundled '
-            'digits 0-4, 32x32',
-            downstream='Mask R-CNN fine-tuned on COCO scenes of the digits '
-            '5-9, 128x128',
-            configs={
-                k: osp.relpath(v, REPO_ROOT)
-                for k, v in DEMO_CONFIGS.items()
-            },
-            iters=args.iters,
-            upstream_steps=args.upstream_steps,
-            scenes=list(args.scenes),
-            seeds=args.seeds,
-            scores='fractions in [0, 1]; downstream = COCO bbox mAP, '
-            'upstream = kNN accuracy on held-out upstream digits'),
+        command=' '.join([osp.relpath(sys.argv[0], REPO_ROOT)] +
+                         sys.argv[1:]),
+        plan=[dict(task=t, regime=r) for t, r in args.plan],
+        regimes={r: REGIMES[r].description
+                 for r in regimes},
+        tasks={
+            t: dict(
+                config=osp.relpath(TASKS[t].config, REPO_ROOT),
+                metric=TASKS[t].metric,
+                iters=args.iters[t])
+            for t in dict.fromkeys(t for t, _ in args.plan)
+        },
+        seeds=args.seeds,
+        upstream_steps=args.upstream_steps,
+        scenes=dict(
+            few=args.scenes[0], many=args.scenes[1], val=args.scenes[2]),
+        crops=dict(few=args.crops[0], many=args.crops[1], val=args.crops[2]),
+        scores='fractions in [0, 1]; downstream = the task\'s metric on '
+        'held-out data; upstream_head = the upstream head on the backbone\'s'
+        ' features of held-out upstream digits',
+        statistics='paired by seed with adamw: mean difference and 95% '
+        't-interval over seeds',
         versions=dict(
             mmolor=mmolor.__version__,
             torch=torch.__version__,
             python=platform.python_version()),
-        threads=torch.get_num_threads(),
+        threads=1,
         jobs=args.jobs)
-    print(
-        f'forgetting benchmark: {len(plan)} settings x '
-        f'{len(args.seeds)} seeds = {total} runs of {args.iters} '
-        f'iterations; work dir {work_dir}',
-        flush=True)
+    wise = list(args.wise_alpha) if 'wise-ft' in args.methods else []
+    # One thread per process, `jobs` processes: the models are small, and
+    # a fixed thread count keeps the numbers the same whatever --jobs.
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, _terminate)
+    pool = None
+    if args.jobs > 1:
+        # spawn: a child forked after OpenMP has run can hang.
+        pool = multiprocessing.get_context('spawn').Pool(
+            args.jobs, initializer=_init_worker)
+    try:
+        _main(args, plan, wise, work_dir, out_json, meta, pool)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _main(args, plan, wise, work_dir, out_json, meta, pool):
     start = time.time()
-    # One thread per process, `jobs` processes: the models are small, two
-    # OpenMP threads sharing 2 cores with other work can be many times
-    # slower than one, and a fixed thread count keeps the numbers the same
-    # whatever --jobs and the machine's core count (float sums depend on
-    # it, and training amplifies the difference).
-    threads = 1
-    torch.set_num_threads(threads)
-    seeds = [
-        dict(
-            seed=seed,
-            seed_dir=osp.join(work_dir, f'seed{seed}'),
-            upstream_steps=args.upstream_steps,
-            scenes=dict(train=args.scenes[0], val=args.scenes[1]),
-            threads=threads) for seed in args.seeds
-    ]
+    # 1. Upstream models and downstream data, per seed.
+    upstreams, datasets = {}, {}
+    for task, regime in args.plan:
+        spec = REGIMES[regime]
+        upstreams[spec.upstream_classes, spec.matched] = None
+        datasets[spec.downstream_classes, spec.size] = None
+    jobs, keys = [], []
+    for seed in args.seeds:
+        seed_dir = osp.join(work_dir, f'seed{seed}')
+        for classes, matched in upstreams:
+            keys.append(('upstream', seed, classes, matched))
+            jobs.append(('upstream',
+                         dict(
+                             seed=seed,
+                             classes=classes,
+                             matched=matched,
+                             steps=args.upstream_steps,
+                             out_dir=osp.join(seed_dir, 'upstream'),
+                             threads=1)))
+        for classes, size in datasets:
+            index = 0 if size == 'few' else 1
+            keys.append(('data', seed, classes, size))
+            jobs.append(('data',
+                         dict(
+                             seed=seed,
+                             classes=classes,
+                             scenes=(args.scenes[index], args.scenes[2]),
+                             crops=(args.crops[index], args.crops[2]),
+                             data_root=osp.join(
+                                 seed_dir, 'data',
+                                 f'digits-{digits_name(classes)}_{size}')))
+                        )
     print(
-        f'upstream pre-training and scenes for {len(seeds)} seeds, '
+        f'forgetting benchmark: {len(args.plan)} (task, regime) x '
+        f'{len(plan)} settings x {len(args.seeds)} seeds; work dir '
+        f'{work_dir}\npreparing {len(jobs)} upstream models and data sets, '
         f'{args.jobs} at a time',
         flush=True)
-    if args.jobs == 1:
-        prepared = [prepare_seed(**kwargs) for kwargs in seeds]
-    else:
-        # spawn: a child forked after OpenMP has run can hang.
-        pool = ProcessPoolExecutor(
-            args.jobs, mp_context=multiprocessing.get_context('spawn'))
-        prepared = list(pool.map(_call_prepare_seed, seeds))
-    tasks = []
-    for seed_kw, seed_info in zip(seeds, prepared):
-        print(
-            f"seed {seed_info['seed']}: upstream pre-trained and scenes "
-            f"written in {seed_info['wall_s']:.0f}s (held-out " +
-            ', '.join(f'{k} {100 * v:.1f}%'
-                      for k, v in seed_info['scores'].items()) + ')',
-            flush=True)
-        for method, config in plan:
-            name = method + ''.join(f'_{k}{v:g}' for k, v in config.items())
-            tasks.append(
-                dict(
-                    method=method,
-                    config=config,
-                    seed=seed_info['seed'],
-                    data_root=seed_info['data_root'],
-                    upstream=seed_info['checkpoint'],
-                    work_dir=osp.join(seed_kw['seed_dir'], name),
-                    iters=args.iters,
-                    verbose=args.verbose,
-                    threads=threads))
-    keys = ('downstream', 'downstream_segm', 'upstream_before',
-            'upstream_after', 'upstream_probe_before', 'upstream_probe_after',
-            'upstream_head_before', 'upstream_head_after', 'drift_mean')
-    results = []
+    prepared = {}
+    upstream_info = []
 
-    def record(index, entry):
-        results.append((index, entry))
-        results.sort(key=lambda item: item[0])
-        config = entry['config']
-        label = entry['method'] + (' ' + ' '.join(f'{k}={v:g}'
-                                                  for k, v in config.items())
-                                   if config else '')
-        print(
-            f"[{len(results)}/{total}] seed {entry['seed']} {label}: bbox AP "
-            f"{100 * entry['downstream']:.1f}, kNN "
-            f"{100 * entry['upstream_before']:.1f} -> "
-            f"{100 * entry['upstream_after']:.1f}, old head "
-            f"{100 * entry['upstream_head_before']:.1f} -> "
-            f"{100 * entry['upstream_head_after']:.1f}, drift "
-            f"{entry['drift_mean']:.4f} ({entry['wall_s']:.0f}s; "
-            f'{time.time() - start:.0f}s so far)',
-            flush=True)
-        entries = [e for _, e in results]
-        meta['wall_s'] = round(time.time() - start, 1)
-        # Rewritten after every run, atomically: an interrupted benchmark
-        # leaves a complete JSON of the runs done so far.
-        with open(out_json + '.tmp', 'w') as f:
-            json.dump(
+    def on_prepared(index, result):
+        kind, seed, classes, extra = keys[index]
+        prepared[keys[index]] = result
+        if kind == 'upstream':
+            upstream_info.append(
                 dict(
-                    meta=meta,
-                    summary=summarize(entries, keys=keys),
-                    results=entries),
-                f,
-                indent=1)
-        os.replace(out_json + '.tmp', out_json)
+                    seed=seed,
+                    classes=list(classes),
+                    matched=extra,
+                    checkpoint=osp.relpath(result['checkpoint'], work_dir),
+                    scores=result['scores'],
+                    wall_s=result['wall_s']))
+            print(
+                f'seed {seed}: upstream digits {digits_name(classes)}'
+                f"{' (matched)' if extra else ''} pre-trained in "
+                f"{result['wall_s']:.0f}s, held-out " +
+                ', '.join(f'{k} {100 * v:.1f}%'
+                          for k, v in result['scores'].items()),
+                flush=True)
 
+    run_jobs(pool, jobs, on_prepared)
+    meta['upstreams'] = sorted(
+        upstream_info, key=lambda u: (u['seed'], u['classes']))
+
+    # 2. Fine-tuning runs, seed by seed.
+    runs = []
+    for seed in args.seeds:
+        seed_dir = osp.join(work_dir, f'seed{seed}')
+        for task, regime in args.plan:
+            spec = REGIMES[regime]
+            upstream = prepared['upstream', seed, spec.upstream_classes,
+                                spec.matched]['checkpoint']
+            data_root = prepared['data', seed, spec.downstream_classes,
+                                 spec.size]['data_root']
+            for method, config in plan:
+                name = method.replace('+', '-') + ''.join(
+                    f'_{k}{v:g}' for k, v in config.items())
+                runs.append(('run',
+                             dict(
+                                 task=task,
+                                 regime=regime,
+                                 method=method,
+                                 config=config,
+                                 seed=seed,
+                                 data_root=data_root,
+                                 upstream=upstream,
+                                 work_dir=osp.join(seed_dir, task, regime,
+                                                   name),
+                                 iters=args.iters[task],
+                                 wise_ft=wise if method == 'adamw' else [],
+                                 verbose=args.verbose,
+                                 threads=1)))
+    total = len(runs)
+    results, ordered, walls, done = [], [], {}, []
     print(f'fine-tuning: {total} runs, {args.jobs} at a time', flush=True)
-    if args.jobs == 1:
-        for index, task in enumerate(tasks):
-            record(index, run_one(**task))
-    else:
-        with pool:
-            futures = {
-                pool.submit(run_one, **task): index
-                for index, task in enumerate(tasks)
-            }
-            for future in as_completed(futures):
-                record(futures[future], future.result())
-    summary = summarize([e for _, e in results], keys=keys)
-    plot_tradeoff(summary, out_png)
-    print('\nmean ± std over seeds (scores in %; upstream before fine-tuning:'
-          ' kNN {:.1f}, probe {:.1f}, old head {:.1f}):'.format(
-              *(100 * summary[0][f'upstream{k}_before_mean']
-                for k in ('', '_probe', '_head'))))
-    print(summary_tables(summary))
-    print(f'\nplot: {out_png}')
+    tuning_start = time.time()
+
+    def on_run(index, entries):
+        done.append(index)
+        task = runs[index][1]['task']
+        walls.setdefault(task, []).append(sum(e['wall_s'] for e in entries))
+        # In plan order, each AdamW run followed by its WiSE-FT entries.
+        ordered.extend((index, i, e) for i, e in enumerate(entries))
+        ordered.sort(key=lambda item: item[:2])
+        results[:] = [e for _, _, e in ordered]
+        mean_wall = {t: sum(w) / len(w) for t, w in walls.items()}
+        fallback = sum(mean_wall.values()) / len(mean_wall)
+        left = sum(
+            mean_wall.get(runs[i][1]['task'], fallback)
+            for i in range(total) if i not in done) / args.jobs
+        elapsed = time.time() - start
+        for e in entries:
+            print(
+                f"[{len(done)}/{total}] {e['task']} {e['regime']} "
+                f"{setting_label(e['method'], e['config'])} seed {e['seed']}"
+                f": {METRIC_NAMES[e['task']]} {100 * e['downstream']:.1f}, "
+                f"old head {100 * e['upstream_head_before']:.1f} -> "
+                f"{100 * e['upstream_head_after']:.1f}, drift "
+                f"{e['drift_mean']:.4f} ({e['wall_s']:.0f}s); elapsed "
+                f'{elapsed:.0f}s, ~{left:.0f}s left',
+                flush=True)
+        meta['wall_s'] = round(elapsed, 1)
+        # Rewritten after every run: an interrupted benchmark leaves a
+        # complete JSON of the runs done so far.
+        write_json(out_json,
+                   dict(meta=meta, results=results, paired=paired(results)))
+
+    run_jobs(pool, runs, on_run)
+    meta['fine_tuning_s'] = round(time.time() - tuning_start, 1)
+    meta['wall_s'] = round(time.time() - start, 1)
+    pairs = paired(results)
+    write_json(out_json, dict(meta=meta, results=results, paired=pairs))
+    print('\nmean ± std over seeds (%), and minus AdamW on the same seed '
+          '(points, mean [95% t-interval]):\n')
+    print(paired_tables(results, pairs, METRIC_NAMES))
+    for task in dict.fromkeys(t for t, _ in args.plan):
+        out_png = osp.join(work_dir, f'forgetting_{task}.png')
+        plot_paired(pairs, task, out_png, METRIC_NAMES[task])
+        print(f'\nplot: {out_png}')
     print(f'total {time.time() - start:.0f}s')
     print(out_json)
 

@@ -1,0 +1,341 @@
+# Copyright (c) mmolor contributors. All rights reserved.
+"""The forgetting benchmark: its statistics, its data, the method configs
+of every task family built by the real frameworks, a tiny run of the whole
+tool, and its interruption."""
+import json
+import os
+import re
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from mmengine.optim import build_optim_wrapper
+
+import mmolor  # noqa: F401  registries
+from benchmarks.datasets import (CROPS_LAYOUT, SEMANTIC_LAYOUT,
+                                 compose_digits, load_digit_split,
+                                 write_digit_crops, write_digit_scenes,
+                                 write_semantic_masks)
+from benchmarks.stats import paired, t_interval
+from benchmarks.tasks import TASKS, llrd_keys, method_config, task_config
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'forgetting_benchmark.py')
+
+
+def test_t_interval_on_known_numbers():
+    # 1..5: mean 3, sd sqrt(2.5); t(0.975, 4) = 2.776 (tables).
+    mean, low, high = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.776445 * np.sqrt(2.5) / np.sqrt(5)
+    assert mean == 3.0
+    assert (low, high) == pytest.approx((3 - half, 3 + half), abs=1e-5)
+    # n = 3: t(0.975, 2) = 4.303; sd of (1, 3, 2) is 1.
+    mean, low, high = t_interval([1.0, 3.0, 2.0])
+    assert (mean, low, high) == pytest.approx(
+        (2.0, 2 - 4.302653 / np.sqrt(3), 2 + 4.302653 / np.sqrt(3)),
+        abs=1e-5)
+    assert t_interval([0.5]) == (0.5, None, None)
+
+
+def _entry(method, seed, down, head, config=None, task='cls',
+           regime='shifted'):
+    return dict(
+        task=task,
+        regime=regime,
+        method=method,
+        config=config or {},
+        seed=seed,
+        downstream=down,
+        upstream_head_after=head)
+
+
+def test_paired_differences_by_seed():
+    results = [
+        _entry('adamw', 0, 0.50, 0.60),
+        _entry('adamw', 1, 0.40, 0.70),
+        _entry('adamw', 2, 0.45, 0.65),
+        _entry('olor', 0, 0.52, 0.90, dict(r_max=0.01)),
+        _entry('olor', 1, 0.41, 0.80, dict(r_max=0.01)),
+        _entry('olor', 2, 0.45, 0.95, dict(r_max=0.01)),
+        # another regime: paired with its own AdamW run only
+        _entry('adamw', 0, 0.30, 0.50, regime='unrelated'),
+        _entry('olor', 0, 0.20, 0.55, dict(r_max=0.01), regime='unrelated'),
+        _entry('olor', 1, 0.25, 0.60, dict(r_max=0.01), regime='unrelated'),
+    ]
+    rows = paired(results)
+    assert [(r['regime'], r['metric']) for r in rows] == [
+        ('shifted', 'downstream'), ('shifted', 'upstream_head_after'),
+        ('unrelated', 'downstream'), ('unrelated', 'upstream_head_after')
+    ]
+    down, head, alone, _ = rows
+    assert down['config'] == dict(r_max=0.01) and down['n'] == 3
+    assert down['mean_diff'] == pytest.approx(0.01)  # (0.02 + 0.01 + 0) / 3
+    half = 4.302653 * 0.01 / np.sqrt(3)  # sd of the diffs: 0.01
+    assert (down['ci_low'], down['ci_high']) == pytest.approx(
+        (0.01 - half, 0.01 + half), abs=1e-6)
+    assert head['mean_diff'] == pytest.approx((0.3 + 0.1 + 0.3) / 3)
+    assert alone['n'] == 1 and alone['mean_diff'] == pytest.approx(-0.1)
+    assert alone['ci_low'] is None and alone['ci_high'] is None
+
+
+def test_crops_share_the_scenes_statistics(tmp_path):
+    rng = np.random.default_rng(0)
+    glyphs = load_digit_split((1, ), seed=0)['train'][0][:50]
+    images = compose_digits(glyphs, 32, rng)
+    assert images.shape == (50, 32, 32) and images.dtype == np.uint8
+    # Noisy background below 48, ink up to the brightness range.
+    assert np.median(images) < 48 and images.max() > 150
+    assert 0 < (images == 0).mean() < 0.1
+    with pytest.raises(ValueError, match='scale'):
+        compose_digits(glyphs, 32, rng, scale=(0.5, 1.5))
+    paths = write_digit_crops(
+        str(tmp_path), classes=(3, 4, 5), num_images=dict(train=7, val=6),
+        seed=0)
+    for split, count in (('train', 7), ('val', 6)):
+        lines = open(paths[split]).read().split('\n')[:-1]
+        assert len(lines) == count
+        labels = [int(line.split()[1]) for line in lines]
+        assert labels[:3] == [0, 1, 2]  # classes in turn
+        image = cv2.imread(
+            osp.join(str(tmp_path), CROPS_LAYOUT[split][1],
+                     lines[0].split()[0]))
+        assert image.shape == (32, 32, 3)
+
+
+def test_semantic_masks_are_the_instance_masks(tmp_path):
+    from pycocotools.coco import COCO
+    paths = write_digit_scenes(
+        str(tmp_path), classes=(2, 7), num_images=dict(train=3, val=2),
+        seed=1)
+    folders = write_semantic_masks(str(tmp_path))
+    assert set(folders) == {'train', 'val'}
+    coco = COCO(paths['val'])
+    for img in coco.loadImgs(coco.getImgIds()):
+        label = cv2.imread(
+            osp.join(str(tmp_path), SEMANTIC_LAYOUT['val'][1],
+                     img['file_name']), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (img['height'], img['width'])
+        expected = np.zeros_like(label)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img['id'])):
+            expected[coco.annToMask(ann) > 0] = ann['category_id']
+        assert np.array_equal(label, expected)
+        assert set(np.unique(label)) <= {0, 1, 2} and label.max() > 0
+
+
+def _model(cfg, task):
+    import importlib
+    registry = importlib.import_module(
+        f'{TASKS[task].scope}.registry').MODELS
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(TASKS[task].scope):
+        return registry.build(cfg.model)
+
+
+@pytest.mark.parametrize('task', ['det', 'seg', 'cls'])
+def test_method_configs_build_their_optimizers(task, tmp_path):
+    cfg = task_config(task, (0, 1, 2), str(tmp_path), 'none.pth',
+                      str(tmp_path / 'w'), 50, seed=0)
+    assert cfg.train_cfg.max_iters == 50
+    assert [s['type'] for s in cfg.param_scheduler] == [
+        'LinearLR', 'CosineAnnealingLR'
+    ]
+    assert cfg.param_scheduler[1]['end'] == 50
+    heads = dict(
+        det=lambda c: c.model.roi_head.bbox_head.num_classes,
+        seg=lambda c: c.model.decode_head.num_classes,
+        cls=lambda c: c.model.head.num_classes)
+    assert heads[task](cfg) == 3 + (task == 'seg')
+    if task == 'seg':  # the background weighs less than each digit
+        assert cfg.model.decode_head.loss_decode.class_weight == [
+            0.1, 1.0, 1.0, 1.0
+        ]
+    for method, config in (('llrd', dict(decay=0.5)),
+                           ('olor', dict(r_max=0.01, power=2.0)),
+                           ('olor+llrd',
+                            dict(r_max=0.01, power=1.0, decay=0.5))):
+        method_cfg = method_config(cfg, task, method, config)
+        model = _model(method_cfg, task)
+        wrapper = build_optim_wrapper(model, method_cfg.optim_wrapper)
+        lr = method_cfg.optim_wrapper.optimizer.lr
+        by_param = {}
+        for group in wrapper.optimizer.param_groups:
+            for p in group['params']:
+                by_param[p] = group
+        names = dict(model.named_parameters())
+        stem = by_param[names['backbone.conv1.weight']]
+        top = by_param[names['backbone.layer4.1.conv2.weight']]
+        head = next(by_param[p] for n, p in names.items()
+                    if not n.startswith('backbone.'))
+        if 'llrd' in method:
+            assert stem['lr'] == pytest.approx(lr * 0.5**5)
+            assert top['lr'] == pytest.approx(lr * 0.5)
+            assert head['lr'] == pytest.approx(lr)
+        else:
+            assert stem['lr'] == top['lr'] == head['lr'] == lr
+        if 'olor' in method:
+            assert stem['rollback'] == pytest.approx(0.01)
+            assert top['rollback'] == 0.0
+            assert head.get('rollback', 0.0) == 0.0
+            assert type(wrapper.optimizer).__name__ == 'OLORAdamW'
+        else:
+            assert 'rollback' not in stem
+    l2sp = _model(method_config(cfg, task, 'l2sp', dict(alpha=0.1)), task)
+    assert l2sp.l2sp_alpha == 0.1 and l2sp.l2sp_scope == ['backbone']
+    with pytest.raises(ValueError, match='takes the settings'):
+        method_config(cfg, task, 'olor', dict(r_max=0.01))
+    with pytest.raises(ValueError, match='Invalid method'):
+        method_config(cfg, task, 'sgd', {})
+
+
+def test_llrd_keys_by_stage():
+    keys = llrd_keys(0.5)
+    assert keys['backbone.layer4'] == dict(lr_mult=0.5)
+    assert keys['backbone.layer1'] == dict(lr_mult=0.5**4)
+    assert keys['backbone.conv1'] == keys['backbone.bn1'] == dict(
+        lr_mult=0.5**5)
+    with pytest.raises(ValueError, match='lr decay'):
+        llrd_keys(1.5)
+
+
+TINY = [
+    '--upstream-steps', '3', '--scenes', '4', '6', '3', '--crops', '20',
+    '30', '20', '--iters', 'det=2', 'seg=2', 'cls=2', '--seeds', '0', '1'
+]
+
+
+def test_tiny_benchmark_writes_paired_results(tmp_path):
+    """Every task, the methods with one setting each and WiSE-FT, two
+    seeds, at toy size, through the tool."""
+    work_dir = tmp_path / 'bench'
+    proc = subprocess.run(
+        [
+            sys.executable, TOOL, '--work-dir',
+            str(work_dir), '--tasks', 'det', 'seg', 'cls', '--regimes',
+            'related-few', '--methods', 'adamw', 'llrd', 'olor', 'wise-ft',
+            '--r-max', '0.01', '--power', '1', '--wise-alpha', '0.5'
+        ] + TINY,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    out_json = str(work_dir / 'forgetting.json')
+    assert lines[-1] == out_json
+    # A progress line per result entry: 3 tasks x 3 methods x 2 seeds,
+    # and WiSE-FT beside each AdamW run.
+    progress = [line for line in lines if re.match(r'\[\d+/\d+\] ', line)]
+    assert len(progress) == 3 * 4 * 2
+    assert all('left' in line and 'elapsed' in line for line in progress)
+    with open(out_json) as f:
+        data = json.load(f)
+    results = data['results']
+    keys = {(e['task'], e['regime'], e['method'],
+             json.dumps(e['config'], sort_keys=True), e['seed'])
+            for e in results}
+    assert len(keys) == len(results) == 24
+    assert {e['task'] for e in results} == {'det', 'seg', 'cls'}
+    assert {e['method'] for e in results} == {
+        'adamw', 'llrd', 'olor', 'wise-ft'
+    }
+    for e in results:
+        for key in ('downstream', 'upstream_head_before',
+                    'upstream_head_after', 'upstream_knn_after',
+                    'drift_mean'):
+            assert 0.0 <= e[key] <= 1.0, (key, e)
+        assert e['wall_s'] > 0 and len(e['drift_by_layer']) == 9
+        assert e['upstream'].endswith('_matched_seed%d.pth' % e['seed'])
+    wise = [e for e in results if e['method'] == 'wise-ft']
+    adamw = {(e['task'], e['seed']): e for e in results
+             if e['method'] == 'adamw'}
+    for e in wise:
+        # Halfway back to the upstream weights: about half AdamW's drift.
+        assert e['drift_mean'] == pytest.approx(
+            0.5 * adamw[e['task'], e['seed']]['drift_mean'], rel=0.05)
+    # `paired` is what the results give, recomputed here.
+    assert data['paired'] == paired(results)
+    rows = data['paired']
+    assert {(r['task'], r['method'], r['metric']) for r in rows} == {
+        (t, m, k)
+        for t in ('det', 'seg', 'cls') for m in ('llrd', 'olor', 'wise-ft')
+        for k in ('downstream', 'upstream_head_after')
+    }
+    for row in rows:
+        diffs = [
+            e[row['metric']] - adamw[row['task'], e['seed']][row['metric']]
+            for e in results if (e['task'], e['method']) ==
+            (row['task'], row['method'])
+        ]
+        mean, low, high = t_interval(diffs)
+        assert row['n'] == 2
+        assert (row['mean_diff'], row['ci_low'],
+                row['ci_high']) == pytest.approx((mean, low, high))
+    for task in ('det', 'seg', 'cls'):
+        assert (work_dir / f'forgetting_{task}.png').stat().st_size > 1000
+
+
+def _children(pid):
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != 'Z'
+
+
+@pytest.mark.skipif(not osp.isdir('/proc'), reason='reads /proc')
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_leaves_no_process_behind(tmp_path, signum):
+    proc = subprocess.Popen(
+        [
+            sys.executable, TOOL, '--work-dir',
+            str(tmp_path), '--tasks', 'cls', '--regimes', 'unrelated',
+            '--jobs', '2', '--upstream-steps', '2000'
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        # Wait for the workers to be busy pre-training.
+        for line in proc.stdout:
+            if line.startswith('preparing'):
+                break
+        deadline = time.time() + 120
+        workers = []
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.5)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, workers
+        time.sleep(2)
+        workers = _children(proc.pid)
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)]
