@@ -76,7 +76,7 @@ QUICK = dict(
           ('cls', 'shifted')],
     seeds=[0, 1, 2],
     methods=['adamw', 'l2sp', 'llrd', 'olor'],
-    iters=dict(det=300, seg=600, cls=300),
+    iters=dict(det=300, seg=500, cls=300),
     upstream_steps=600,
     l2sp_alpha=[0.01],
     llrd_decay=[0.7],
