@@ -14,6 +14,7 @@ equality is what to expect (and it holds here).
 """
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -150,7 +151,8 @@ param_scheduler = dict(type='LinearLR', start_factor=0.5, by_epoch=False,
 default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
     logger=dict(type='LoggerHook', interval=1))
-custom_hooks = [dict(type='DumpOptimizerShardHook')]
+custom_hooks = [dict(type='DumpOptimizerShardHook'),
+                dict(type='OLORDriftHook', interval=1)]
 randomness = dict(seed=0)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 {extra}''')
@@ -215,8 +217,15 @@ def unsharded(tmp_path_factory, pretrained):
     """The reference: plain OLORAdamW under DDP, 4 iterations."""
     root = tmp_path_factory.mktemp('unsharded')
     config = tiny_config(root / 'cfg.py', UNSHARDED, load_from=pretrained)
-    dist_train(config, root / 'work')
+    log = dist_train(config, root / 'work')
+    (root / 'work' / 'log.txt').write_text(log)
     return root / 'work'
+
+
+def drift_lines(log):
+    """OLORDriftHook's lines (drift and kappa of every stage), without
+    the logger's prefix."""
+    return re.findall(r'OLOR drift .*', log)
 
 
 def assert_anchors_are_pretrained(anchors, pretrained):
@@ -238,6 +247,14 @@ def test_zero_config_form_shards_anchors_and_matches_unsharded(
     config = tiny_config(tmp_path / 'cfg.py', ZERO, load_from=pretrained)
     log = dist_train(config, tmp_path / 'work')
     assert 'gloo' in log and 'OLOR rollback:' in log
+    # OLORDriftHook reads each rank's local optimizer: the same drift and
+    # kappa as the unsharded run, kappa > 0 in every stage.
+    lines = drift_lines(log)
+    assert len(lines) == 4
+    assert lines == drift_lines((unsharded / 'log.txt').read_text())
+    kappas = [float(k) for k in re.findall(r'\(kappa ([0-9.e+-]+)\)',
+                                           ' '.join(lines))]
+    assert kappas and all(k > 0 for k in kappas)
 
     shards = [load(tmp_path / 'work' / f'shard_rank{r}.pth') for r in (0, 1)]
     ref = load(unsharded / 'shard_rank0.pth')
@@ -372,11 +389,14 @@ def test_zero_refuses_a_non_olor_local_optimizer():
 
 
 def test_zero_resolves_registered_optimizer_types():
+    # mmolor.compat's fixes apply once mmengine's runner is loaded, as in
+    # every training process.
+    import mmengine.runner  # noqa: F401
     from mmengine.registry import OPTIMIZERS
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     from mmolor.optim import OLORAdamW, OLORSGD
-    from mmolor.optim.zero import local_optimizer_class
+    from mmolor.compat.zero import local_optimizer_class
     assert local_optimizer_class('AdamW') is torch.optim.AdamW
     assert local_optimizer_class('OLORAdamW') is OLORAdamW
     assert local_optimizer_class(OLORSGD) is OLORSGD
