@@ -202,6 +202,55 @@ def test_llrd_keys_by_stage():
         llrd_keys(1.5)
 
 
+def _tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('forgetting_benchmark',
+                                                  TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_setting_is_used_or_refused(capsys):
+    tool = _tool()
+    args = tool.parse_args(['--quick'])
+    assert args.plan == tool.QUICK['plan'] and args.seeds == [0, 1, 2]
+    assert set(args.iters) == {'det', 'seg', 'cls'}
+    assert [m for m, _ in tool.settings(args)] == [
+        'adamw', 'l2sp', 'llrd', 'olor'
+    ]
+    args = tool.parse_args([
+        '--quick', '--tasks', 'cls', '--regimes', 'related-few', 'shifted',
+        '--iters', 'cls=50'
+    ])
+    assert args.plan == [('cls', 'related-few'), ('cls', 'shifted')]
+    assert args.iters == dict(cls=50)
+    args = tool.parse_args(['--methods', 'olor+llrd', '--r-max', '0.001',
+                            '0.01', '--power', '2', '--llrd-decay', '0.8'])
+    assert tool.settings(args) == [
+        ('olor+llrd', dict(r_max=r, power=2.0, decay=0.8))
+        for r in (0.001, 0.01)
+    ]
+    refused = {
+        ('--methods', 'adamw', 'llrd', '--r-max', '0.01'):
+        '--r-max is for the method',
+        ('--methods', 'adamw', '--l2sp-alpha', '0.1'): '--l2sp-alpha is for',
+        ('--methods', 'adamw', 'olor', '--wise-alpha', '0.5'):
+        '--wise-alpha is for',
+        ('--methods', 'wise-ft', '--wise-alpha', '0.5'): 'add adamw',
+        ('--tasks', 'cls', '--scenes', '4', '6', '3'): '--scenes is for',
+        ('--tasks', 'det', '--crops', '4', '6', '3'): '--crops is for',
+        ('--tasks', 'cls', '--iters', 'det=50'): '--iters: invalid',
+        ('--iters', 'cls=1', ): '--iters: invalid',
+        ('--seeds', '0', '0'): 'repeated',
+        ('--jobs', '0'): '--jobs',
+    }
+    for argv, message in refused.items():
+        with pytest.raises(SystemExit):
+            tool.parse_args(list(argv))
+        assert message in capsys.readouterr().err, argv
+
+
 TINY = [
     '--upstream-steps', '3', '--scenes', '4', '6', '3', '--crops', '20',
     '30', '20', '--iters', 'det=2', 'seg=2', 'cls=2', '--seeds', '0', '1'

@@ -169,27 +169,48 @@ def parse_args(argv=None):
         help='show the runners\' INFO logs and evaluation output')
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
-    tasks = args.tasks or list(
-        dict.fromkeys(t for t, _ in preset['plan']))
-    regimes = args.regimes or list(
-        dict.fromkeys(r for _, r in preset['plan']))
-    if args.tasks or args.regimes:
-        args.plan = [(t, r) for t, r in preset['plan']
-                     if t in tasks and r in regimes]
-        if not args.plan:
-            args.plan = list(itertools.product(tasks, regimes))
+    tasks = list(dict.fromkeys(t for t, _ in preset['plan']))
+    regimes = list(dict.fromkeys(r for _, r in preset['plan']))
+    if args.tasks and args.regimes:
+        args.plan = list(itertools.product(args.tasks, args.regimes))
+    elif args.tasks:
+        args.plan = [p for p in preset['plan'] if p[0] in args.tasks] or \
+            list(itertools.product(args.tasks, regimes))
+    elif args.regimes:
+        args.plan = [p for p in preset['plan'] if p[1] in args.regimes] or \
+            list(itertools.product(tasks, args.regimes))
     else:
         args.plan = preset['plan']
+    planned = {t for t, _ in args.plan}
+    # Settings given for something the run does not hold are refused.
+    users = dict(
+        l2sp_alpha=('l2sp', ),
+        llrd_decay=('llrd', 'olor+llrd'),
+        r_max=('olor', 'olor+llrd'),
+        power=('olor', 'olor+llrd'),
+        wise_alpha=('wise-ft', ))
+    methods = args.methods or preset['methods']
+    for key, used_by in users.items():
+        if getattr(args, key) is not None and not set(used_by) & set(
+                methods):
+            parser.error(f"--{key.replace('_', '-')} is for the method(s) "
+                         f"{', '.join(used_by)}, not in --methods "
+                         f"{' '.join(methods)}")
+    if args.scenes is not None and not planned & {'det', 'seg'}:
+        parser.error('--scenes is for the tasks det and seg, not in the run')
+    if args.crops is not None and 'cls' not in planned:
+        parser.error('--crops is for the task cls, not in the run')
     for key in ('seeds', 'methods', 'upstream_steps', 'l2sp_alpha',
                 'llrd_decay', 'r_max', 'power', 'wise_alpha'):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
-    iters = dict(preset['iters'])
+    iters = {t: n for t, n in preset['iters'].items() if t in planned}
     for item in args.iters or []:
         task, _, value = item.partition('=')
-        if task not in TASKS or not value.isdigit() or int(value) < 2:
+        if task not in planned or not value.isdigit() or int(value) < 2:
             parser.error(f'--iters: invalid {item!r} (expected TASK=N with '
-                         f'TASK in {tuple(TASKS)} and N >= 2)')
+                         f'TASK in this run ({", ".join(sorted(planned))}) '
+                         'and N >= 2)')
         iters[task] = int(value)
     args.iters = iters
     if 'wise-ft' in args.methods:
@@ -198,19 +219,19 @@ def parse_args(argv=None):
                          '--methods')
         if not args.wise_alpha:
             parser.error('wise-ft needs --wise-alpha')
-    elif args.wise_alpha and args.wise_alpha != preset['wise_alpha']:
-        parser.error('--wise-alpha is for the method wise-ft: add it to '
-                     '--methods')
-    for name in ('seeds', 'l2sp_alpha', 'llrd_decay', 'r_max', 'power',
-                 'wise_alpha'):
+    for name in ('seeds', 'methods', 'l2sp_alpha', 'llrd_decay', 'r_max',
+                 'power', 'wise_alpha'):
         values = getattr(args, name)
         if len(set(values)) != len(values):
             parser.error(f"--{name.replace('_', '-')}: repeated values "
                          f'{values}')
+    if args.upstream_steps < 1:
+        parser.error(f'--upstream-steps: {args.upstream_steps} (expected '
+                     '>= 1)')
     if args.jobs < 1:
         parser.error(f'--jobs: {args.jobs} (expected >= 1)')
-    sizes = dict(scenes=args.scenes, crops=args.crops)
-    for name, value in sizes.items():
+    for name in ('scenes', 'crops'):
+        value = getattr(args, name)
         if value is not None and min(value) < 1:
             parser.error(f'--{name}: {value} (expected counts >= 1)')
     args.scenes = args.scenes or (SCENES['few'][0], SCENES['many'][0],
