@@ -14,11 +14,12 @@ the usual per-parameter loop. Optimizer state is measured from
 
 Rows: ``for-loop`` / ``foreach`` / ``fused`` pass ``foreach=False`` /
 ``foreach=True`` / ``fused=True`` to both; ``default`` passes neither (torch
-then loops over the tensors on the CPU). On the CPU OLOR's rolling-back
-groups take OLOR's fused CPU kernel in both ``fused`` and ``default`` (step
-and review in one pass; torch's fused kernel and then the review where
-mmolor was installed without it or ``MMOLOR_CPU_KERNEL=0`` is set; the
-first line printed says which); ``bf16 anchor``
+then loops over the tensors on the CPU). On the CPU OLOR's float32 groups
+take OLOR's fused CPU kernel (step and review in one pass) in ``foreach``,
+``fused`` and ``default``; every other case (``for-loop``, an install
+without the kernel or ``MMOLOR_CPU_KERNEL=0``: the first line printed says
+which) runs torch's own step in the same mode and then one multi-tensor
+review pass; ``bf16 anchor``
 adds ``anchor_dtype='bfloat16'``; the AdamB rows put OLOR-AdamW (weight decay
 0, as AdamB has none) against the per-parameter AdamB loop. Columns: median ms
 per step of the twin and of OLOR, the median [first-third quartile] of the
@@ -597,8 +598,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f'({osp.basename(kernel.__file__)})')
     else:
         print('OLOR fused CPU kernel: unavailable '
-              f'({cpu_kernel_error()}); the fused rows take torch\'s fused '
-              'step and the review')
+              f'({cpu_kernel_error()}); every row takes torch\'s step in '
+              'its mode and then the review')
     start = time.time()
     if not args.skip_table:
         print_table(bench_backbones(args), threads_note)
