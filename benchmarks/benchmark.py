@@ -22,7 +22,7 @@ import mmolor.engine  # noqa: F401  OLORDriftHook in the det config
 from .datasets import (write_digit_crops, write_digit_scenes,
                        write_semantic_masks)
 from .protocol import (Upstream, backbone_state, load_upstream,
-                       measure_backbone, prepare_upstream,
+                       measure_backbone, prepare_upstream, read_curve,
                        upstream_test_root)
 from .retention import old_head_accuracy
 from .tasks import REGIMES, TASKS, method_config, task_config
@@ -148,6 +148,7 @@ def run_one(task: str,
             upstream: str,
             work_dir: str,
             iters: int,
+            val_interval: Optional[int] = None,
             wise_ft: Sequence[float] = (),
             verbose: bool = False,
             threads: Optional[int] = None) -> List[Dict]:
@@ -163,6 +164,10 @@ def run_one(task: str,
         upstream (str): The upstream checkpoint.
         work_dir (str): The runner's work dir.
         iters (int): Training iterations.
+        val_interval (int, optional): Also validate every this many
+            iterations; the entry then has ``curve``, ``[iteration,
+            downstream]`` pairs (the last one is ``downstream``). Defaults
+            to None (validate at the end only).
         wise_ft (Sequence[float]): For ``adamw`` only: also evaluate
             WiSE-FT, the backbone interpolated from the upstream weights
             toward the fine-tuned ones by each alpha (heads as
@@ -184,7 +189,13 @@ def run_one(task: str,
     cfg = task_config(task, classes, data_root, upstream, work_dir, iters,
                       seed)
     cfg = method_config(cfg, task, method, config)
+    if val_interval is not None:
+        cfg.train_cfg.val_interval = val_interval
+    # Logger and visualizer are named instances (mmengine's ManagerMixin):
+    # a name of their own per run, or a later run in this process writes
+    # into an earlier run's files.
     cfg.experiment_name = osp.basename(osp.normpath(work_dir))
+    cfg.visualizer.name = f'{work_dir}/{time.time()}'
     if not verbose:
         cfg.log_level = 'WARNING'
     os.makedirs(work_dir, exist_ok=True)
@@ -223,6 +234,11 @@ def run_one(task: str,
                 **_scores(tuned, up),
                 wall_s=round(time.time() - start, 1))
         ]
+        if val_interval is not None:
+            spec = TASKS[task]
+            entries[0]['curve'] = [[
+                step, value * spec.scale
+            ] for step, value in read_curve(runner.log_dir, spec.metric)]
         theta0 = backbone_state(upstream)
         for alpha in wise_ft:
             start = time.time()

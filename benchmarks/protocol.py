@@ -31,7 +31,8 @@ from .upstream import (build_backbone, pretrain_upstream, save_upstream,
 __all__ = [
     'REPO_ROOT', 'DEMO_CONFIGS', 'Upstream', 'prepare_upstream',
     'upstream_test_root', 'write_upstream_test_set', 'load_upstream',
-    'prepare_scenes', 'path_options', 'read_metrics', 'last_checkpoint',
+    'prepare_scenes', 'path_options', 'read_metrics', 'read_curve',
+    'last_checkpoint',
     'backbone_state', 'measure_backbone'
 ]
 
@@ -193,6 +194,18 @@ def read_metrics(work_dir: str) -> Dict[str, float]:
     if not metrics:
         raise KeyError(f'No validation metrics in {files[-1]}')
     return metrics
+
+
+def read_curve(log_dir: str, key: str) -> List[Tuple[int, float]]:
+    """``(iteration, value)`` of every validation a runner logged in
+    ``log_dir`` (its ``vis_data/scalars.json``) for the metric ``key``."""
+    curve = []
+    with open(osp.join(log_dir, 'vis_data', 'scalars.json')) as f:
+        for line in f:
+            record = json.loads(line)
+            if key in record:
+                curve.append((int(record['step']), float(record[key])))
+    return curve
 
 
 def last_checkpoint(work_dir: str) -> str:

@@ -305,9 +305,8 @@ def paired_tables(results: List[Dict], paired: List[Dict],
                 mean, std = _mean_std([100 * e[metric] for e in runs])
                 cells += [f'{mean:.1f} ± {std:.1f}',
                           _interval(found.get(metric))]
-            rows.append(
-                [setting_label(method, json.loads(config)),
-                 len(runs)] + cells)
+            rows.append([setting_label(method, runs[0]['config']),
+                         len(runs)] + cells)
         before = _mean_std([100 * e['upstream_head_before']
                             for e in entries])[0]
         header = [
@@ -364,7 +363,7 @@ def plot_paired(paired: List[Dict], task: str, out: str,
                 fmt=markers[i % len(markers)],
                 color=colours.get(method, 'k'),
                 capsize=3,
-                label=f"{setting_label(method, json.loads(config))} "
+                label=f"{setting_label(method, x['config'])} "
                 f"(n={x['n']})")
         ax.axhline(0, color='grey', lw=0.8)
         ax.axvline(0, color='grey', lw=0.8)

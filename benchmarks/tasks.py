@@ -108,11 +108,13 @@ def set_iters(cfg: Config, iters: int) -> None:
     """The benchmark's schedule: ``iters`` iterations, a linear warm-up
     over the first 20 (a tenth of ``iters`` when shorter) from 0.1x the
     lr, then a cosine decay to 0 at ``iters``; validate and save once, at
-    the end."""
+    the end (validation metrics are logged by iteration)."""
     warmup = max(1, min(20, iters // 10))
     cfg.train_cfg.max_iters = iters
     cfg.train_cfg.val_interval = iters
     cfg.default_hooks.checkpoint.interval = iters
+    # Validation metrics logged at their iteration, not at epoch 0.
+    cfg.default_hooks.logger.log_metric_by_epoch = False
     cfg.param_scheduler = [
         dict(
             type='LinearLR',

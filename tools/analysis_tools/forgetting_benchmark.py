@@ -120,6 +120,11 @@ def parse_args(argv=None):
         metavar='TASK=N',
         help='training iterations per task, e.g. det=600 cls=400')
     parser.add_argument(
+        '--val-interval',
+        type=int,
+        help='also validate every this many iterations and keep the curve '
+        '(results: curve), to see where a schedule converges')
+    parser.add_argument(
         '--upstream-steps', type=int, help='upstream pre-training steps')
     parser.add_argument(
         '--scenes',
@@ -230,6 +235,10 @@ def parse_args(argv=None):
                      '>= 1)')
     if args.jobs < 1:
         parser.error(f'--jobs: {args.jobs} (expected >= 1)')
+    if args.val_interval is not None and not \
+            1 <= args.val_interval < min(args.iters.values()):
+        parser.error(f'--val-interval: {args.val_interval} (expected >= 1 '
+                     'and fewer than the iterations of every task)')
     for name in ('scenes', 'crops'):
         value = getattr(args, name)
         if value is not None and min(value) < 1:
@@ -448,6 +457,7 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
                                  work_dir=osp.join(seed_dir, task, regime,
                                                    name),
                                  iters=args.iters[task],
+                                 val_interval=args.val_interval,
                                  wise_ft=wise if method == 'adamw' else [],
                                  verbose=args.verbose,
                                  threads=1)))
