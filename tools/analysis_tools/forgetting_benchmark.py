@@ -353,13 +353,16 @@ def main(argv=None):
     torch.set_num_threads(1)
     signal.signal(signal.SIGTERM, _terminate)
     pool = None
-    if args.jobs > 1:
-        # spawn: a child forked after OpenMP has run can hang.
-        pool = multiprocessing.get_context('spawn').Pool(
-            args.jobs, initializer=_init_worker)
     try:
+        if args.jobs > 1:
+            # spawn: a child forked after OpenMP has run can hang.
+            pool = multiprocessing.get_context('spawn').Pool(
+                args.jobs, initializer=_init_worker)
         _main(args, plan, wise, work_dir, out_json, meta, pool)
     finally:
+        # A second signal must not cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if pool is not None:
             pool.terminate()
             pool.join()
