@@ -51,8 +51,14 @@ def prepare_upstream_job(seed: int,
     if threads is not None:
         torch.set_num_threads(threads)
     start = time.time()
+    # The loss once, at the end: the tool prints a line per upstream.
     upstream = prepare_upstream(
-        out_dir, seed=seed, steps=steps, classes=classes, matched=matched)
+        out_dir,
+        seed=seed,
+        steps=steps,
+        classes=classes,
+        matched=matched,
+        log_interval=steps)
     return dict(
         checkpoint=upstream.checkpoint,
         scores=upstream.scores,

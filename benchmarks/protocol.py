@@ -59,7 +59,8 @@ def prepare_upstream(work_dir: str,
                      seed: int = 0,
                      steps: int = 200,
                      classes=UPSTREAM_CLASSES,
-                     matched: bool = False) -> Upstream:
+                     matched: bool = False,
+                     log_interval: int = 50) -> Upstream:
     """Pre-train, save and score the upstream model.
 
     Args:
@@ -72,13 +73,19 @@ def prepare_upstream(work_dir: str,
             scenes' low-level statistics instead of clean crops
             (:func:`~benchmarks.upstream.pretrain_upstream`). Defaults to
             False.
+        log_interval (int): Log the loss every this many steps. Defaults
+            to 50.
 
     Returns:
         Upstream: The checkpoint path, data, head, weights and scores.
     """
     os.makedirs(work_dir, exist_ok=True)
     model, split = pretrain_upstream(
-        classes=classes, steps=steps, seed=seed, matched=matched)
+        classes=classes,
+        steps=steps,
+        seed=seed,
+        matched=matched,
+        log_interval=log_interval)
     name = (f"upstream_r18-w16_digits-{'-'.join(map(str, classes))}"
             f"{'_matched' if matched else ''}_seed{seed}.pth")
     checkpoint = osp.join(work_dir, name)
