@@ -328,8 +328,15 @@ def plot_paired(paired: List[Dict], task: str, out: str,
 
     rows = [p for p in paired if p['task'] == task]
     regimes = list(OrderedDict.fromkeys(p['regime'] for p in rows))
+    # The legend goes under each panel: room for one line per setting.
+    settings = max([
+        len({(p['method'], json.dumps(p['config'], sort_keys=True))
+             for p in rows if p['regime'] == r}) for r in regimes
+    ] or [0])
     fig, axes = plt.subplots(
-        1, max(1, len(regimes)), figsize=(6 * max(1, len(regimes)), 4.5),
+        1,
+        max(1, len(regimes)),
+        figsize=(6 * max(1, len(regimes)), 4.5 + 0.17 * settings),
         squeeze=False)
     colours = {
         'l2sp': 'C2', 'llrd': 'C4', 'olor': 'C1', 'olor+llrd': 'C3',
@@ -371,7 +378,8 @@ def plot_paired(paired: List[Dict], task: str, out: str,
         ax.set_ylabel('old-head accuracy minus AdamW (points)')
         ax.set_title(f'{task}, {regime}', fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc='best')
+        ax.legend(
+            fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.15))
     fig.suptitle('Paired with AdamW on the same seed: mean and 95% '
                  't-interval', fontsize=10)
     fig.tight_layout()
