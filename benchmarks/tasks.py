@@ -187,11 +187,16 @@ def _check(method: str, config: Dict) -> None:
                          f'got {config}')
 
 
-def llrd_keys(decay: float, stages: int = 4) -> Dict[str, Dict]:
-    """Stage-wise layer-wise lr decay for an OpenMMLab ResNet, as
-    mmengine's ``paramwise_cfg.custom_keys``: ``lr_mult`` is ``decay`` for
-    the deepest stage, ``decay ** 2`` for the one below, ...,
-    ``decay ** (stages + 1)`` for the stem; the neck and heads keep 1.
+def llrd_keys(decay: float,
+              blocks: Sequence[int] = (2, 2, 2, 2)) -> Dict[str, Dict]:
+    """Stage-wise layer-wise lr decay for an OpenMMLab ResNet (``blocks``
+    per stage), as mmengine's ``paramwise_cfg.custom_keys``: ``lr_mult``
+    is ``decay`` for the deepest stage, ``decay ** 2`` for the one below,
+    ..., ``decay ** (stages + 1)`` for the stem; the neck and heads keep 1.
+
+    A custom key also sets the weight decay (``decay_mult``, default 1)
+    instead of ``norm_decay_mult``: the norm layers get keys of their own
+    with ``decay_mult=0``, as the other methods' ``norm_decay_mult=0``.
 
     (mmdet's and mmseg's ``LearningRateDecayOptimizerConstructor`` handle
     ConvNeXt, BEiT and MAE backbones only, and mmpretrain's needs a
@@ -200,12 +205,17 @@ def llrd_keys(decay: float, stages: int = 4) -> Dict[str, Dict]:
     if not 0 < decay <= 1:
         raise ValueError(f'Invalid lr decay: {decay} (expected 0 < decay '
                          '<= 1)')
-    keys = {
-        f'backbone.layer{i}': dict(lr_mult=decay**(stages + 1 - i))
-        for i in range(1, stages + 1)
-    }
-    for stem in ('backbone.conv1', 'backbone.bn1'):
-        keys[stem] = dict(lr_mult=decay**(stages + 1))
+    stages = len(blocks)
+    keys = {}
+    for i, count in enumerate(blocks, start=1):
+        mult = decay**(stages + 1 - i)
+        keys[f'backbone.layer{i}'] = dict(lr_mult=mult)
+        for block in range(count):
+            for norm in ('bn1', 'bn2', 'downsample.1'):
+                keys[f'backbone.layer{i}.{block}.{norm}'] = dict(
+                    lr_mult=mult, decay_mult=0.0)
+    keys['backbone.conv1'] = dict(lr_mult=decay**(stages + 1))
+    keys['backbone.bn1'] = dict(lr_mult=decay**(stages + 1), decay_mult=0.0)
     return keys
 
 

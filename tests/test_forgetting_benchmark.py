@@ -171,7 +171,19 @@ def test_method_configs_build_their_optimizers(task, tmp_path):
         top = by_param[names['backbone.layer4.1.conv2.weight']]
         head = next(by_param[p] for n, p in names.items()
                     if not n.startswith('backbone.'))
+        # Weight decay as AdamW's in every method: none on norm layers.
+        wd = method_cfg.optim_wrapper.optimizer.weight_decay
+        for name, expected in (('backbone.bn1.weight', 0.0),
+                               ('backbone.layer2.0.bn2.bias', 0.0),
+                               ('backbone.layer2.0.downsample.1.weight', 0.0),
+                               ('backbone.layer2.0.conv1.weight', wd),
+                               ('backbone.layer3.0.downsample.0.weight', wd)):
+            assert by_param[names[name]]['weight_decay'] == expected, name
         if 'llrd' in method:
+            assert by_param[names['backbone.bn1.weight']]['lr'] == \
+                pytest.approx(lr * 0.5**5)
+            assert by_param[names['backbone.layer3.1.bn1.weight']]['lr'] \
+                == pytest.approx(lr * 0.5**2)
             assert stem['lr'] == pytest.approx(lr * 0.5**5)
             assert top['lr'] == pytest.approx(lr * 0.5)
             assert head['lr'] == pytest.approx(lr)
@@ -196,8 +208,10 @@ def test_llrd_keys_by_stage():
     keys = llrd_keys(0.5)
     assert keys['backbone.layer4'] == dict(lr_mult=0.5)
     assert keys['backbone.layer1'] == dict(lr_mult=0.5**4)
-    assert keys['backbone.conv1'] == keys['backbone.bn1'] == dict(
-        lr_mult=0.5**5)
+    assert keys['backbone.layer1.1.bn2'] == dict(
+        lr_mult=0.5**4, decay_mult=0.0)
+    assert keys['backbone.conv1'] == dict(lr_mult=0.5**5)
+    assert keys['backbone.bn1'] == dict(lr_mult=0.5**5, decay_mult=0.0)
     with pytest.raises(ValueError, match='lr decay'):
         llrd_keys(1.5)
 
