@@ -53,9 +53,8 @@ model = dict(
         channels=32,
         dropout_ratio=0.0,
         num_classes=len(classes),
-        # GroupNorm: the pyramid pooling's 1x1 maps give BatchNorm 4 values
-        # per channel at batch 4, and its running statistics then wreck
-        # the evaluation.
+        # GroupNorm: on the pyramid pooling's 1x1 maps BatchNorm would see
+        # only as many values per channel as the batch has images (4).
         norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
         align_corners=False,
         # The background covers ~92% of the pixels: unweighted, the head
