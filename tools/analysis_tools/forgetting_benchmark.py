@@ -171,7 +171,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--verbose',
         action='store_true',
-        help='show the runners\' INFO logs and evaluation output')
+        help='show the runners\' INFO logs, evaluation output and the '
+        'libraries\' warnings in the workers')
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     tasks = list(dict.fromkeys(t for t, _ in preset['plan']))
@@ -355,6 +356,10 @@ def main(argv=None):
     pool = None
     try:
         if args.jobs > 1:
+            if not args.verbose:
+                # The libraries' import-time deprecation warnings, once per
+                # worker; a PYTHONWARNINGS of the user's own is kept.
+                os.environ.setdefault('PYTHONWARNINGS', 'ignore')
             # spawn: a child forked after OpenMP has run can hang.
             pool = multiprocessing.get_context('spawn').Pool(
                 args.jobs, initializer=_init_worker)
