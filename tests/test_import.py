@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # Checks, in the subprocess, that every fix of mmolor.compat is in place.
@@ -54,15 +56,23 @@ def test_import_is_silent_and_does_not_load_the_runner(tmp_path):
     assert proc.stdout == '' and proc.stderr == ''
 
 
-def test_fixes_apply_when_the_runner_is_imported_later():
-    proc = run('import mmolor\n' + CHECK_FIXES)
-    assert proc.returncode == 0, proc.stderr
-    assert 'fixes in place' in proc.stdout
-
-
-def test_fixes_apply_when_the_runner_was_imported_first():
-    proc = run('from mmengine.runner import Runner\nimport mmolor\n' +
-               CHECK_FIXES)
+@pytest.mark.parametrize(
+    'first',
+    [
+        'import mmolor\nimport mmengine.runner',
+        'from mmengine.runner import Runner\nimport mmolor',
+        # mmengine._strategy and mmengine.runner import each other
+        'import mmolor\nimport mmengine._strategy',
+        'import mmengine._strategy\nimport mmolor',
+        'import mmolor\nfrom mmengine.runner.checkpoint import '
+        'CheckpointLoader',
+        # a module of mmolor.compat that imports the runner itself
+        'from mmolor.compat.dist import prepare_dist',
+        'from mmolor.compat.checkpoint import trust_checkpoints',
+        'import mmolor.compat.zero',
+    ])
+def test_fixes_apply_whatever_is_imported_first(first):
+    proc = run(first + '\n' + CHECK_FIXES)
     assert proc.returncode == 0, proc.stderr
     assert 'fixes in place' in proc.stdout
 

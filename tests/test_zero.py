@@ -405,3 +405,27 @@ def test_zero_resolves_registered_optimizer_types():
     assert issubclass(zero, ZeroRedundancyOptimizer)
     with pytest.raises(KeyError, match='NoSuchOptimizer'):
         zero([nn.Parameter(torch.zeros(2))], optimizer_type='NoSuchOptimizer')
+
+
+def test_cpu_process_group_is_destroyed_at_exit(tmp_path):
+    """The gloo group of ``prepare_dist`` is destroyed by an exit handler,
+    while the interpreter is alive, not in its finalisation (where gloo's
+    worker threads can abort the process). Exit handlers run last
+    registered first: one registered before the group exists sees it gone."""
+    script = tmp_path / 'exit.py'
+    script.write_text(
+        'import atexit, sys\n'
+        'import torch, torch.distributed as dist\n'
+        'from mmengine.config import Config\n'
+        'from mmolor.compat.dist import prepare_dist\n'
+        'atexit.register(lambda: print("initialized at exit:",\n'
+        '                              dist.is_initialized()))\n'
+        "cfg = Config(dict(launcher='pytorch'))\n"
+        'print("backend:", prepare_dist(cfg))\n'
+        'dist.all_reduce(torch.ones(1))\n')
+    out = run([sys.executable, str(script)],
+              RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
+              MASTER_ADDR='127.0.0.1',
+              MASTER_PORT=str(29500 + os.getpid() % 1000))
+    assert 'backend: gloo' in out
+    assert 'initialized at exit: False' in out

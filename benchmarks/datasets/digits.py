@@ -10,6 +10,8 @@ a train part and a held-out part once, by a seeded permutation, so upstream
 retention and downstream accuracy are measured on images no model trained
 on.
 """
+import contextlib
+import io
 import json
 import os
 import os.path as osp
@@ -303,7 +305,8 @@ def write_semantic_masks(data_root: str) -> Dict[str, str]:
         ann = osp.join(data_root, ann_rel)
         if not osp.exists(ann):
             continue
-        coco = COCO(ann)
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress
+            coco = COCO(ann)
         out_dir = osp.join(data_root, SEMANTIC_LAYOUT[name][1])
         os.makedirs(out_dir, exist_ok=True)
         for img in coco.loadImgs(coco.getImgIds()):

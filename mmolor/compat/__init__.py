@@ -21,7 +21,10 @@ scheme)                                (``--resume``, ``load_from``); files
 ``dist.patch_fsdp`` (``STRATEGIES``    mmengine 0.10.7's FSDP strategy cannot
 ``FSDPStrategy``)                      resume on torch >= 2.1 nor run on CPU
 ``dist.prepare_dist`` (called by       mmengine 0.10.7's ``init_dist`` and
-``tools/train.py``, ``tools/test.py``)  DDP wrapper need CUDA: gloo on CPU
+``tools/train.py``, ``tools/test.py``)  DDP wrapper need CUDA: gloo on CPU;
+                                       the gloo group it creates is destroyed
+                                       at exit (else an occasional SIGABRT
+                                       in interpreter finalisation)
 =====================================  ========================================
 
 :func:`apply` makes the first four changes (``prepare_dist`` changes a
@@ -30,16 +33,23 @@ importing it imports DeepSpeed where it is installed, so ``import mmolor``
 does not: it calls :func:`with_runner`, which applies them at once if
 ``mmengine.runner`` is already imported (as in mmdet's and mmseg's tools,
 which import it before a config's ``custom_imports`` import mmolor), or
-else right after ``mmengine.runner`` is first imported.
+else right after ``mmengine.runner`` is first imported (and
+``mmengine._strategy``, which it imports and which imports it).
 """
 import importlib.abc
 import importlib.util
 import sys
-from typing import Callable
+from types import ModuleType
+from typing import Callable, Sequence
 
-__all__ = ['apply', 'with_runner']
+__all__ = ['apply', 'patch_from', 'with_runner']
 
 _applied = False
+
+
+# Each module of this package and the function that makes its change.
+_PATCHES = dict(
+    checkpoint='patch_checkpoint_loading', zero='patch_zero', dist='patch_fsdp')
 
 
 def apply() -> None:
@@ -48,12 +58,20 @@ def apply() -> None:
     if _applied:
         return
     _applied = True
-    from .checkpoint import patch_checkpoint_loading
-    from .dist import patch_fsdp
-    from .zero import patch_zero
-    patch_checkpoint_loading()
-    patch_zero()
-    patch_fsdp()
+    for name in _PATCHES:
+        patch_from(importlib.import_module(f'{__name__}.{name}'))
+
+
+def patch_from(module: ModuleType) -> None:
+    """Make the change of ``module`` (one of this package) if
+    :func:`apply` was called. Every module calls it at its end too: a
+    module imported first imports mmengine's runner, whose import calls
+    :func:`apply` while the module is still half defined; its change is
+    then made when the module is complete. The changes are idempotent."""
+    patch = getattr(module, _PATCHES[module.__name__.rpartition('.')[2]],
+                    None)
+    if _applied and patch is not None:
+        patch()
 
 
 def with_runner(callback: Callable[[], None]) -> None:
@@ -62,36 +80,59 @@ def with_runner(callback: Callable[[], None]) -> None:
     if 'mmengine.runner' in sys.modules:
         callback()
     else:
-        sys.meta_path.insert(0, _AfterImport('mmengine.runner', callback))
+        sys.meta_path.insert(0, _AfterImport(_RUNNER_MODULES, callback))
+
+
+# mmengine.runner and mmengine._strategy import each other: whichever comes
+# first, the changes wait until both are complete.
+_RUNNER_MODULES = ('mmengine.runner', 'mmengine._strategy')
 
 
 class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Run ``callback`` once, right after the module ``name`` is imported.
+    """Run ``callback`` once, right after the outermost import of any of
+    the modules ``names`` completes.
 
-    Finds the module with the other finders and wraps its loader: the
-    module executes as usual, then ``callback`` runs.
+    Finds those modules with the other finders and wraps their loaders:
+    each module executes as usual; when no import of theirs is still
+    running (an import of one may run the import of another), the callback
+    runs and this finder leaves ``sys.meta_path``.
     """
 
-    def __init__(self, name: str, callback: Callable[[], None]) -> None:
-        self.name = name
+    def __init__(self, names: Sequence[str],
+                 callback: Callable[[], None]) -> None:
+        self.names = set(names)
         self.callback = callback
-        self.loader = None
+        self.loaders = {}
+        self.running = 0
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
+        if fullname not in self.names or fullname in self.loaders:
             return None
-        sys.meta_path.remove(self)  # one shot; find it without us
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, 'find_spec'):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None:
             return spec
-        self.loader, spec.loader = spec.loader, self
+        self.loaders[fullname], spec.loader = spec.loader, self
         return spec
 
     def create_module(self, spec):
-        return self.loader.create_module(spec)
+        return self.loaders[spec.name].create_module(spec)
 
     def exec_module(self, module) -> None:
         # The module keeps its own loader (for get_source, resources...).
-        module.__loader__ = module.__spec__.loader = self.loader
-        self.loader.exec_module(module)
-        self.callback()
+        loader = self.loaders[module.__name__]
+        module.__loader__ = module.__spec__.loader = loader
+        self.running += 1
+        try:
+            loader.exec_module(module)
+        finally:
+            self.running -= 1
+        if self.running == 0 and self in sys.meta_path:
+            sys.meta_path.remove(self)
+            self.callback()

@@ -41,6 +41,7 @@ import os.path as osp
 import pickle
 import re
 import shlex
+import sys
 from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -48,6 +49,8 @@ import torch
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.utils import digit_version
+
+from . import patch_from
 
 __all__ = [
     'patch_checkpoint_loading', 'load_from_local', 'trust_checkpoints',
@@ -327,3 +330,6 @@ def patch_checkpoint_loading() -> bool:
         prefixes='', loader=load_from_local, force=True)
     _patched = True
     return True
+
+
+patch_from(sys.modules[__name__])

@@ -18,6 +18,7 @@ mmengine's ``FSDPStrategy`` with :class:`FSDPStrategy`, which fixes what
 mmengine 0.10.7's FSDP strategy gets wrong on current torch and on the CPU
 (see its docstring).
 """
+import atexit
 import contextlib
 import copy
 import dataclasses
@@ -25,6 +26,7 @@ import datetime
 import logging
 import os
 import subprocess
+import sys
 from typing import Any, Iterator, List, Optional
 
 import torch
@@ -41,6 +43,8 @@ from mmengine.registry import (MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS,
 from torch.distributed.fsdp import CPUOffload, FullOptimStateDictConfig
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.nn.parallel import DistributedDataParallel
+
+from . import patch_from
 
 __all__ = [
     'has_accelerator', 'init_cpu_dist', 'prepare_dist', 'FSDPStrategy',
@@ -95,6 +99,7 @@ def init_cpu_dist(launcher: str, backend: str = 'gloo', **kwargs) -> None:
     ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``; slurm's
     ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_NODELIST``; Open MPI's
     ``OMPI_COMM_WORLD_*``), minus its ``torch.cuda.set_device`` call.
+    The group is destroyed at exit (see :func:`_destroy_process_group`).
 
     Args:
         launcher (str): ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
@@ -129,6 +134,20 @@ def init_cpu_dist(launcher: str, backend: str = 'gloo', **kwargs) -> None:
         rank=int(os.environ['RANK']),
         world_size=int(os.environ['WORLD_SIZE']),
         **kwargs)
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    """Destroy the default process group while the interpreter is alive.
+
+    Left to interpreter finalisation, gloo's worker threads may still hold
+    work objects with tensors; freeing them there takes the GIL of an
+    interpreter being torn down and aborts the process (SIGABRT), now and
+    then, after a run that finished. Neither mmengine nor torch destroys
+    the group at exit.
+    """
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def _cpu_model_wrapper_cfg(cfg: Config) -> Optional[dict]:
@@ -444,3 +463,6 @@ def prepare_dist(cfg: Config) -> Optional[str]:
             logger='current',
             level=logging.WARNING)
     return backend
+
+
+patch_from(sys.modules[__name__])

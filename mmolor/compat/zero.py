@@ -37,6 +37,7 @@ optimizers.
 """
 import functools
 import inspect
+import sys
 from typing import Any, Callable, Dict, Optional, Type, Union
 
 import torch
@@ -46,6 +47,8 @@ from mmengine.optim import ZeroRedundancyOptimizer as _MMEngineZeRO
 from mmengine.registry import OPTIMIZERS
 from torch.distributed.rpc import is_available
 from torch.optim import Optimizer
+
+from . import patch_from
 
 __all__ = ['ZeroRedundancyOptimizer', 'local_optimizer_class', 'patch_zero']
 
@@ -195,3 +198,6 @@ def patch_zero() -> None:
         method = owner.__dict__['save_checkpoint']
         if not getattr(method, '_mmolor_gathers_zero', False):
             owner.save_checkpoint = _on_every_rank_first(method)
+
+
+patch_from(sys.modules[__name__])
