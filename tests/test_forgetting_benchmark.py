@@ -265,6 +265,38 @@ def test_every_setting_is_used_or_refused(capsys):
         assert message in capsys.readouterr().err, argv
 
 
+def test_report_of_a_json_recomputes_its_pairs(tmp_path, capsys):
+    """``--report``: tables and plots of a JSON, paired differences
+    recomputed from its results (of the chosen seeds); nothing else may
+    be given."""
+    tool = _tool()
+    results = [
+        dict(_entry(m, seed, down, head, config=config, task='det',
+                    regime='related-few'), upstream_head_before=0.9)
+        for seed, (base, gain) in enumerate([(0.30, 0.02), (0.34, 0.04),
+                                             (0.28, 0.03), (0.20, 0.50)])
+        for m, config, down, head in (
+            ('adamw', {}, base, 0.60),
+            ('olor', dict(r_max=0.01, power=1.0), base + gain, 0.70))
+    ]
+    path = tmp_path / 'forgetting.json'
+    path.write_text(json.dumps(dict(results=results, paired=[])))
+    tool.main(['--report', str(path), '--seeds', '0', '1', '2'])
+    out = capsys.readouterr().out
+    # olor - adamw over seeds 0-2: 2, 4, 3 points (seed 3 left out).
+    mean, low, high = t_interval([2.0, 4.0, 3.0])
+    assert 'seeds [0, 1, 2]' in out
+    assert f'+{mean:.1f} [+{low:.1f}, +{high:.1f}]' in out
+    assert (tmp_path / 'forgetting_det.png').stat().st_size > 1000
+    for argv in (['--jobs', '1'], ['--quick'], ['--methods', 'olor']):
+        with pytest.raises(SystemExit):
+            tool.parse_args(['--report', str(path), *argv])
+        assert 'cannot apply' in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--report', str(tmp_path / 'missing.json')])
+    assert 'no such file' in capsys.readouterr().err
+
+
 TINY = [
     '--upstream-steps', '3', '--scenes', '4', '6', '3', '--crops', '20',
     '30', '20', '--iters', 'det=2', 'seg=2', 'cls=2', '--seeds', '0', '1'

@@ -41,6 +41,8 @@ Example:
     python tools/analysis_tools/forgetting_benchmark.py --quick
     python tools/analysis_tools/forgetting_benchmark.py --tasks cls \\
         --regimes related-few unrelated --seeds 0 1 2 3 4
+    python tools/analysis_tools/forgetting_benchmark.py \\
+        --report work_dirs/forgetting_benchmark/<stamp>/forgetting.json
 """
 import argparse
 import itertools
@@ -173,7 +175,25 @@ def parse_args(argv=None):
         action='store_true',
         help='show the runners\' INFO logs, evaluation output and the '
         'libraries\' warnings in the workers')
+    parser.add_argument(
+        '--report',
+        metavar='JSON',
+        help='run nothing: print the tables and write the plots of a '
+        'forgetting.json (also of an interrupted run), with its paired '
+        'differences recomputed; --seeds keeps only those seeds')
     args = parser.parse_args(argv)
+    if args.report is not None:
+        defaults = vars(parser.parse_args([]))
+        given = [
+            '--' + key.replace('_', '-') for key, value in vars(args).items()
+            if key not in ('report', 'seeds') and value != defaults[key]
+        ]
+        if given:
+            parser.error(f"--report reads a finished JSON: {' '.join(given)}"
+                         ' cannot apply (only --seeds can)')
+        if not osp.isfile(args.report):
+            parser.error(f'--report: no such file {args.report!r}')
+        return args
     preset = QUICK if args.quick else FULL
     tasks = list(dict.fromkeys(t for t, _ in preset['plan']))
     regimes = list(dict.fromkeys(r for _, r in preset['plan']))
@@ -311,6 +331,9 @@ def write_json(path, data):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report is not None:
+        report_json(args.report, args.seeds)
+        return
     stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     work_dir = osp.abspath(
         args.work_dir
@@ -509,15 +532,36 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
     meta['wall_s'] = round(time.time() - start, 1)
     pairs = paired(results)
     write_json(out_json, dict(meta=meta, results=results, paired=pairs))
+    report(results, pairs, work_dir)
+    print(f'total {time.time() - start:.0f}s')
+    print(out_json)
+
+
+def report(results, pairs, out_dir):
+    """Print the tables and write one plot per task into ``out_dir``."""
     print('\nmean ± std over seeds (%), and minus AdamW on the same seed '
           '(points, mean [95% t-interval]):\n')
     print(paired_tables(results, pairs, METRIC_NAMES))
-    for task in dict.fromkeys(t for t, _ in args.plan):
-        out_png = osp.join(work_dir, f'forgetting_{task}.png')
+    for task in dict.fromkeys(r['task'] for r in results):
+        out_png = osp.join(out_dir, f'forgetting_{task}.png')
         plot_paired(pairs, task, out_png, METRIC_NAMES[task])
         print(f'\nplot: {out_png}')
-    print(f'total {time.time() - start:.0f}s')
-    print(out_json)
+
+
+def report_json(path, seeds=None):
+    """``--report``: the tables and plots of a ``forgetting.json``, its
+    ``paired`` recomputed from its ``results`` (of ``seeds`` only, if
+    given); the plots go beside the file."""
+    with open(path) as f:
+        results = json.load(f)['results']
+    if seeds is not None:
+        results = [r for r in results if r['seed'] in seeds]
+    if not results:
+        sys.exit(f'{path}: no results' +
+                 (f' of the seeds {seeds}' if seeds is not None else ''))
+    print(f"{path}: {len(results)} results, seeds "
+          f"{sorted({r['seed'] for r in results})}")
+    report(results, paired(results), osp.dirname(osp.abspath(path)))
 
 
 if __name__ == '__main__':
