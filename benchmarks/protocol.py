@@ -39,9 +39,9 @@ __all__ = [
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIGS = dict(
     adamw=osp.join(REPO_ROOT, 'configs', 'demo',
-                   'mask-rcnn_r18-w16_fpn_adamw_400i_digits.py'),
+                   'mask-rcnn_r18-w16_fpn_adamw_900i_digits.py'),
     olor=osp.join(REPO_ROOT, 'configs', 'demo',
-                  'mask-rcnn_r18-w16_fpn_olor-adamw_400i_digits.py'))
+                  'mask-rcnn_r18-w16_fpn_olor-adamw_900i_digits.py'))
 UPSTREAM_CLASSES = (0, 1, 2, 3, 4)
 DOWNSTREAM_CLASSES = (5, 6, 7, 8, 9)
 

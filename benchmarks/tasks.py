@@ -21,7 +21,7 @@ from .l2sp import l2sp_model_cfg
 
 __all__ = [
     'Regime', 'REGIMES', 'Task', 'TASKS', 'METHODS', 'task_config',
-    'method_config', 'set_iters'
+    'method_config', 'set_iters', 'warmup_iters', 'SCENES'
 ]
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -78,7 +78,7 @@ TASKS = {
     'det':
     Task(
         osp.join(REPO_ROOT, 'configs', 'demo',
-                 'mask-rcnn_r18-w16_fpn_adamw_400i_digits.py'),
+                 'mask-rcnn_r18-w16_fpn_adamw_900i_digits.py'),
         'coco/bbox_mAP', 1.0, dict(downstream_segm='coco/segm_mAP'),
         'mmdet', SCENES),
     'seg':
@@ -104,12 +104,18 @@ METHODS = {
 }
 
 
+def warmup_iters(iters: int) -> int:
+    """The warm-up of an ``iters``-iteration schedule: 20 iterations, a
+    tenth of ``iters`` when that is shorter, at least 1."""
+    return max(1, min(20, iters // 10))
+
+
 def set_iters(cfg: Config, iters: int) -> None:
     """The benchmark's schedule: ``iters`` iterations, a linear warm-up
     over the first 20 (a tenth of ``iters`` when shorter) from 0.1x the
     lr, then a cosine decay to 0 at ``iters``; validate and save once, at
     the end (validation metrics are logged by iteration)."""
-    warmup = max(1, min(20, iters // 10))
+    warmup = warmup_iters(iters)
     cfg.train_cfg.max_iters = iters
     cfg.train_cfg.val_interval = iters
     cfg.default_hooks.checkpoint.interval = iters

@@ -2,24 +2,28 @@
 """`make demo`: pre-train upstream, fine-tune downstream, see the forgetting.
 
 Everything runs on the CPU from data that ships inside scikit-learn (its
-bundled handwritten digits), with no download:
+bundled handwritten digits), with no download. It is one seed of the
+forgetting benchmark's ``det`` task in its ``related-few`` regime, the one
+where the upstream features matter (README: "Does OLOR fine-tune better"):
 
-1. upstream: a ResNet-18 at a quarter width learns to classify the digits
-   0-4 (a plain PyTorch loop); the checkpoint is saved;
-2. downstream: scenes of the digits 5-9 are written in COCO format (boxes
-   and masks), and a Mask R-CNN whose backbone loads the upstream
-   checkpoint (``init_cfg=dict(type='Pretrained', ...)``) is fine-tuned on
-   them by ``tools/train.py``, once with AdamW and once with OLOR-AdamW
-   (``configs/demo/``; both at once on 2 or more cores, one thread each);
-3. report: COCO bbox/segm AP on held-out scenes, upstream accuracy of each
-   fine-tuned backbone on held-out 0-4 digits (kNN, refit linear probe and
+1. upstream: a ResNet-18 at a quarter width learns to classify the ten
+   digits drawn as they appear in the scenes (noisy background, scale and
+   brightness; a plain PyTorch loop); the checkpoint is saved;
+2. downstream: 40 training and 80 validation scenes of the same digits are
+   written in COCO format (boxes and masks), and a Mask R-CNN whose backbone
+   loads the upstream checkpoint (``init_cfg=dict(type='Pretrained',
+   ...)``) is fine-tuned on them by ``tools/train.py``, once with AdamW and
+   once with OLOR-AdamW (``configs/demo/``, 900 iterations; both at once on
+   2 or more cores, one thread each);
+3. report: COCO bbox/segm AP on the validation scenes, upstream accuracy of
+   each fine-tuned backbone on held-out digits (kNN, refit linear probe and
    the original upstream head) against the pre-trained one, and the drift
    ||theta - theta0|| / ||theta0|| of every backbone layer; a table and two
    PNGs (drift by layer, OLOR's rollback strength by layer).
 
 Example:
     python tools/demo.py                      # work_dirs/demo/<timestamp>
-    python tools/demo.py --work-dir /tmp/demo --iters 60
+    python tools/demo.py --work-dir /tmp/demo --iters 300
 """
 import argparse
 import json
@@ -46,14 +50,16 @@ from benchmarks.protocol import (DEMO_CONFIGS, REPO_ROOT,  # noqa: E402
                                  read_metrics)
 from benchmarks.report import demo_tables, plot_drift  # noqa: E402
 from benchmarks.rollback import plot_rollback, rollback_by_layer  # noqa: E402
+from benchmarks.tasks import REGIMES, SCENES, warmup_iters  # noqa: E402
 
 METHODS = (('AdamW', 'adamw'), ('OLOR-AdamW', 'olor'))
+REGIME = REGIMES['related-few']
 
 
 def parse_args():
     parser = argparse.ArgumentParser(
-        description='Fine-tuning demo: upstream digits 0-4 -> Mask R-CNN '
-        'on scenes of digits 5-9, AdamW vs OLOR-AdamW')
+        description='Fine-tuning demo: an upstream digit classifier -> '
+        'Mask R-CNN on scenes of the same digits, AdamW vs OLOR-AdamW')
     parser.add_argument(
         '--work-dir',
         help='where everything goes; defaults to '
@@ -61,18 +67,18 @@ def parse_args():
     parser.add_argument(
         '--iters',
         type=int,
-        help='downstream training iterations; defaults to the configs\' '
-        'max_iters')
+        help='downstream training iterations (the warm-up and cosine '
+        'schedule follow); defaults to the configs\' max_iters')
     parser.add_argument(
         '--upstream-steps',
         type=int,
-        default=200,
+        default=600,
         help='upstream pre-training steps (batch 64)')
     parser.add_argument(
         '--scenes',
         type=int,
         nargs=2,
-        default=(200, 50),
+        default=SCENES[REGIME.size],
         metavar=('TRAIN', 'VAL'),
         help='downstream scenes to write for training and for validation')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
@@ -81,7 +87,14 @@ def parse_args():
         action='store_true',
         help='fine-tune one method after the other (default: both at once '
         'when there are 2 or more cores; each uses one thread either way)')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.iters is not None and args.iters < 2:
+        parser.error(f'--iters: {args.iters} (expected >= 2: a warm-up '
+                     'iteration and a cosine one)')
+    if args.upstream_steps < 1 or min(args.scenes) < 1:
+        parser.error(f'--upstream-steps {args.upstream_steps} and --scenes '
+                     f'{" ".join(map(str, args.scenes))}: expected >= 1')
+    return args
 
 
 def train_command(config: str, work_dir: str, options: dict) -> list:
@@ -167,29 +180,40 @@ def main():
         print_log(msg, logger=logger)
 
     start = time.time()
-    log(f'[1/4] upstream: pre-training a ResNet-18 (w16) on the digits 0-4 '
-        f'({args.upstream_steps} steps)')
+    log('[1/4] upstream: pre-training a ResNet-18 (w16) to classify the '
+        'ten digits as drawn in the scenes (noise, scale, brightness; '
+        f'{args.upstream_steps} steps)')
     upstream = prepare_upstream(
         osp.join(work_dir, 'upstream'),
         seed=args.seed,
-        steps=args.upstream_steps)
+        steps=args.upstream_steps,
+        classes=REGIME.upstream_classes,
+        matched=REGIME.matched)
     log(f'upstream checkpoint: {upstream.checkpoint}; held-out accuracy: ' +
         ', '.join(f'{k} {100 * v:.1f}%' for k, v in upstream.scores.items()))
 
-    log('[2/4] downstream data: COCO scenes of the digits 5-9')
+    log('[2/4] downstream data: COCO scenes of the same digits '
+        f'({args.scenes[0]} for training, {args.scenes[1]} for validation)')
     data_root = prepare_scenes(
         osp.join(work_dir, 'data'),
         seed=args.seed,
-        num_images=dict(train=args.scenes[0], val=args.scenes[1]))
+        num_images=dict(train=args.scenes[0], val=args.scenes[1]),
+        classes=REGIME.downstream_classes)
     log(f'scenes written to {data_root}')
 
     options = path_options(data_root, upstream.checkpoint)
     options['randomness.seed'] = args.seed
     if args.iters:
+        warmup = warmup_iters(args.iters)
         options.update({
             'train_cfg.max_iters': args.iters,
             'train_cfg.val_interval': args.iters,
             'default_hooks.checkpoint.interval': args.iters,
+            # the configs' warm-up, then the cosine decay to 0
+            'param_scheduler.0.end': warmup,
+            'param_scheduler.1.begin': warmup,
+            'param_scheduler.1.end': args.iters,
+            'param_scheduler.1.T_max': args.iters - warmup,
         })
     parallel = not args.sequential and (os.cpu_count() or 1) >= 2
     log('[3/4] downstream: Mask R-CNN from the upstream backbone, with ' +

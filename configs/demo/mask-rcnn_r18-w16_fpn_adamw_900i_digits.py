@@ -1,6 +1,6 @@
 # The demo's baseline: the same run with plain AdamW (full fine-tuning, no
 # rollback); everything else is the OLOR config's.
-_base_ = './mask-rcnn_r18-w16_fpn_olor-adamw_400i_digits.py'
+_base_ = './mask-rcnn_r18-w16_fpn_olor-adamw_900i_digits.py'
 
 optim_wrapper = dict(
     _delete_=True,
