@@ -36,8 +36,8 @@ which import it before a config's ``custom_imports`` import mmolor), or
 else right after ``mmengine.runner`` is first imported (and
 ``mmengine._strategy``, which it imports and which imports it).
 """
+import importlib
 import importlib.abc
-import importlib.util
 import sys
 from types import ModuleType
 from typing import Callable, Sequence
