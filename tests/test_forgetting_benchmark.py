@@ -297,6 +297,85 @@ def test_report_of_a_json_recomputes_its_pairs(tmp_path, capsys):
     assert 'no such file' in capsys.readouterr().err
 
 
+
+def test_report_merges_runs_that_pair(tmp_path, capsys):
+    """``--report A B --work-dir D``: one JSON of both runs' results (a run
+    in both files kept once), pairs over all their seeds, written to D;
+    runs that would not pair, or disagree, are refused."""
+    tool = _tool()
+    meta = dict(upstream_steps=600, scenes=dict(few=40), crops=None)
+
+    def run(seeds, methods, name, **changes):
+        results = [
+            dict(_entry(m, seed, 0.30 + 0.01 * seed + gain, head,
+                        config=config, task='seg', regime='related-few'),
+                 iters=1500, upstream_head_before=0.97)
+            for seed in seeds for label, m, config, gain, head in (
+                ('adamw', 'adamw', {}, 0.0, 0.60),
+                ('p1', 'olor', dict(r_max=0.01, power=1.0), 0.01 *
+                 (seed + 1), 0.70),
+                ('p2', 'olor', dict(r_max=0.01, power=2.0), -0.02, 0.65))
+            if label in methods
+        ]
+        path = tmp_path / name
+        path.write_text(
+            json.dumps(dict(meta=dict(meta, **changes), results=results)))
+        return str(path)
+
+    first = run([0, 1], ('adamw', 'p1'), 'a.json')
+    # more seeds; the same seeds' adamw runs again with another setting
+    second = run([0, 1, 2], ('adamw', 'p1'), 'b.json')
+    third = run([0, 1, 2], ('adamw', 'p2'), 'c.json')
+    out_dir = tmp_path / 'merged'
+    tool.main(['--report', first, second, third, '--work-dir',
+               str(out_dir)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == str(out_dir / 'forgetting.json')
+    merged = json.loads((out_dir / 'forgetting.json').read_text())
+    assert merged['meta']['merged_from'] == [
+        dict(file=path, command=None) for path in (first, second, third)
+    ]
+    assert merged['meta']['upstream_steps'] == 600
+    # seeds 0-2 of adamw, power 1 and power 2, each run once
+    assert len(merged['results']) == 3 * 3
+    # olor p1 - adamw: 1, 2, 3 points over seeds 0-2; p2: -2 on each
+    mean, low, high = t_interval([0.01, 0.02, 0.03])
+    p1, p2 = [p for p in merged['paired'] if p['metric'] == 'downstream']
+    assert p1['config']['power'] == 1.0 and p1['n'] == 3
+    assert (p1['mean_diff'], p1['ci_low'], p1['ci_high']) == \
+        pytest.approx((mean, low, high))
+    assert p2['n'] == 3 and p2['mean_diff'] == pytest.approx(-0.02)
+    assert (out_dir / 'forgetting_seg.png').stat().st_size > 1000
+
+    fourth = str(tmp_path / 'd.json')
+    refused = {
+        # seed 1's adamw run scored otherwise
+        'other scores': (first, tmp_path / 'd.json', lambda d: d['results'][
+            2].update(downstream=0.5)),
+        # another upstream schedule
+        'cannot be merged': (first, tmp_path / 'd.json',
+                             lambda d: d['meta'].update(upstream_steps=300)),
+        # seed 0's runs for another number of iterations
+        'differently': (first, tmp_path / 'd.json',
+                        lambda d: [e.update(iters=900)
+                                   for e in d['results'][:2]]),
+    }
+    for message, (one, path, change) in refused.items():
+        run([0, 1, 2], ('adamw', 'p1'), 'd.json')
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises(SystemExit, match=message):
+            tool.main(['--report', one, fourth, '--work-dir',
+                       str(tmp_path / 'no')])
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--report', first, second])
+    assert 'give --work-dir' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--report', first, '--work-dir', str(out_dir)])
+    assert '--work-dir is for --report with several' in \
+        capsys.readouterr().err
+
 TINY = [
     '--upstream-steps', '3', '--scenes', '4', '6', '3', '--crops', '20',
     '30', '20', '--iters', 'det=2', 'seg=2', 'cls=2', '--seeds', '0', '1'

@@ -43,6 +43,8 @@ Example:
         --regimes related-few unrelated --seeds 0 1 2 3 4
     python tools/analysis_tools/forgetting_benchmark.py \\
         --report work_dirs/forgetting_benchmark/<stamp>/forgetting.json
+    python tools/analysis_tools/forgetting_benchmark.py --report A.json \\
+        B.json --work-dir work_dirs/merged   # e.g. B: more seeds
 """
 import argparse
 import itertools
@@ -67,10 +69,12 @@ from benchmarks.benchmark import (digits_name,  # noqa: E402
                                   run_one)
 from benchmarks.report import (paired_tables, plot_paired,  # noqa: E402
                                setting_label)
-from benchmarks.stats import paired  # noqa: E402
+from benchmarks.stats import PAIRED_METRICS, paired  # noqa: E402
 from benchmarks.tasks import (METHODS, REGIMES, REPO_ROOT,  # noqa: E402
                               SCENES, TASKS)
 
+# What runs merged by --report must share.
+MERGE_META = ('upstream_steps', 'scenes', 'crops', 'versions', 'threads')
 METRIC_NAMES = dict(det='bbox AP', seg='mIoU', cls='top-1')
 # --quick: each task in one regime, one setting per method, 3 seeds.
 QUICK = dict(
@@ -177,22 +181,34 @@ def parse_args(argv=None):
         'libraries\' warnings in the workers')
     parser.add_argument(
         '--report',
+        nargs='+',
         metavar='JSON',
         help='run nothing: print the tables and write the plots of a '
         'forgetting.json (also of an interrupted run), with its paired '
-        'differences recomputed; --seeds keeps only those seeds')
+        'differences recomputed; --seeds keeps only those seeds. Several '
+        'JSONs (runs with the same upstream steps and data sizes, e.g. '
+        'more seeds or settings) are merged into <--work-dir>/'
+        'forgetting.json')
     args = parser.parse_args(argv)
     if args.report is not None:
         defaults = vars(parser.parse_args([]))
         given = [
             '--' + key.replace('_', '-') for key, value in vars(args).items()
-            if key not in ('report', 'seeds') and value != defaults[key]
+            if key not in ('report', 'seeds', 'work_dir')
+            and value != defaults[key]
         ]
         if given:
-            parser.error(f"--report reads a finished JSON: {' '.join(given)}"
-                         ' cannot apply (only --seeds can)')
-        if not osp.isfile(args.report):
-            parser.error(f'--report: no such file {args.report!r}')
+            parser.error(f"--report reads finished JSONs: {' '.join(given)}"
+                         ' cannot apply (only --seeds and --work-dir can)')
+        for path in args.report:
+            if not osp.isfile(path):
+                parser.error(f'--report: no such file {path!r}')
+        if len(args.report) > 1 and args.work_dir is None:
+            parser.error('--report with several JSONs writes the merged '
+                         'one: give --work-dir')
+        if len(args.report) == 1 and args.work_dir is not None:
+            parser.error('--work-dir is for --report with several JSONs '
+                         '(one JSON\'s plots are written beside it)')
         return args
     preset = QUICK if args.quick else FULL
     tasks = list(dict.fromkeys(t for t, _ in preset['plan']))
@@ -332,7 +348,7 @@ def write_json(path, data):
 def main(argv=None):
     args = parse_args(argv)
     if args.report is not None:
-        report_json(args.report, args.seeds)
+        report_json(args.report, args.seeds, args.work_dir)
         return
     stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     work_dir = osp.abspath(
@@ -548,20 +564,73 @@ def report(results, pairs, out_dir):
         print(f'\nplot: {out_png}')
 
 
-def report_json(path, seeds=None):
-    """``--report``: the tables and plots of a ``forgetting.json``, its
-    ``paired`` recomputed from its ``results`` (of ``seeds`` only, if
-    given); the plots go beside the file."""
-    with open(path) as f:
-        results = json.load(f)['results']
+def merge_results(paths):
+    """The ``results`` of several ``forgetting.json`` files, as one list,
+    and the ``meta`` they share (:data:`MERGE_META`) with ``merged_from``:
+    each file and the command that wrote it.
+
+    The runs must be pairable: the same upstream steps and data sizes, the
+    same iterations and upstream for a (task, regime, seed). A run found in
+    more than one file (e.g. the AdamW runs of a second run adding settings)
+    is kept once, and must have the same scores in each (the benchmark
+    repeats on one machine); otherwise the merge is refused.
+    """
+    merged, seen, where, sources = [], {}, {}, []
+    first_meta = None
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        meta = {k: data.get('meta', {}).get(k) for k in MERGE_META}
+        sources.append(
+            dict(file=path, command=data.get('meta', {}).get('command')))
+        if first_meta is None:
+            first_meta = (path, meta)
+        elif meta != first_meta[1]:
+            sys.exit(f'--report: {path} and {first_meta[0]} cannot be '
+                     f'merged: {meta} != {first_meta[1]}')
+        for entry in data['results']:
+            group = (entry['task'], entry['regime'], entry['seed'])
+            setup = (entry.get('iters'), entry.get('upstream_head_before'))
+            if where.setdefault(group, (path, setup))[1] != setup:
+                sys.exit(f'--report: {path} and {where[group][0]} ran '
+                         f'{group} differently (iterations, upstream head '
+                         f'before): {setup} != {where[group][1]}')
+            key = group + (entry['method'],
+                           json.dumps(entry['config'], sort_keys=True))
+            scores = tuple(entry[m] for m in PAIRED_METRICS)
+            if key in seen:
+                if seen[key][1] != scores:
+                    sys.exit(f'--report: {key} is in {seen[key][0]} and '
+                             f'{path} with other scores: {seen[key][1]} '
+                             f'!= {scores}')
+                continue
+            seen[key] = (path, scores)
+            merged.append(entry)
+    return merged, dict(first_meta[1], merged_from=sources)
+
+
+def report_json(paths, seeds=None, work_dir=None):
+    """``--report``: the tables and plots of ``forgetting.json`` files,
+    ``paired`` recomputed from their ``results`` (of ``seeds`` only, if
+    given). One file: the plots go beside it. Several: merged
+    (:func:`merge_results`) into ``work_dir``'s ``forgetting.json``."""
+    results, meta = merge_results(paths)
     if seeds is not None:
         results = [r for r in results if r['seed'] in seeds]
     if not results:
-        sys.exit(f'{path}: no results' +
+        sys.exit(f"{', '.join(paths)}: no results" +
                  (f' of the seeds {seeds}' if seeds is not None else ''))
-    print(f"{path}: {len(results)} results, seeds "
+    print(f"{', '.join(paths)}: {len(results)} results, seeds "
           f"{sorted({r['seed'] for r in results})}")
-    report(results, paired(results), osp.dirname(osp.abspath(path)))
+    pairs = paired(results)
+    if work_dir is None:
+        report(results, pairs, osp.dirname(osp.abspath(paths[0])))
+        return
+    os.makedirs(work_dir, exist_ok=True)
+    out_json = osp.join(work_dir, 'forgetting.json')
+    write_json(out_json, dict(meta=meta, results=results, paired=pairs))
+    report(results, pairs, work_dir)
+    print(out_json)
 
 
 if __name__ == '__main__':
