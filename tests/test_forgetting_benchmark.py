@@ -346,6 +346,12 @@ def test_report_merges_runs_that_pair(tmp_path, capsys):
         pytest.approx((mean, low, high))
     assert p2['n'] == 3 and p2['mean_diff'] == pytest.approx(-0.02)
     assert (out_dir / 'forgetting_seg.png').stat().st_size > 1000
+    tool.main(['--report', first, third, '--seeds', '1', '2', '--work-dir',
+               str(out_dir)])
+    merged = json.loads((out_dir / 'forgetting.json').read_text())
+    assert merged['meta']['seeds_kept'] == [1, 2]
+    assert sorted({e['seed'] for e in merged['results']}) == [1, 2]
+    assert len(merged['results']) == 2 + 2 + 1  # adamw, p2; p1 of seed 1
 
     fourth = str(tmp_path / 'd.json')
     refused = {

@@ -628,6 +628,8 @@ def report_json(paths, seeds=None, work_dir=None):
         return
     os.makedirs(work_dir, exist_ok=True)
     out_json = osp.join(work_dir, 'forgetting.json')
+    if seeds is not None:
+        meta['seeds_kept'] = list(seeds)
     write_json(out_json, dict(meta=meta, results=results, paired=pairs))
     report(results, pairs, work_dir)
     print(out_json)
