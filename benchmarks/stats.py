@@ -38,7 +38,8 @@ def t_interval(values: Sequence[float],
     return mean, mean - half, mean + half
 
 
-def _key(entry: Dict) -> tuple:
+def setting_key(entry: Dict) -> tuple:
+    """The (task, regime, method, config) a ``results`` entry ran."""
     return (entry['task'], entry['regime'], entry['method'],
             json.dumps(entry['config'], sort_keys=True))
 
@@ -67,7 +68,7 @@ def paired(results: List[Dict],
     groups: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
     for entry in results:
         if entry['method'] != baseline:
-            groups.setdefault(_key(entry), []).append(entry)
+            groups.setdefault(setting_key(entry), []).append(entry)
     out = []
     for (task, regime, method, config), entries in groups.items():
         for metric in metrics:

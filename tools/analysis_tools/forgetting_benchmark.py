@@ -69,7 +69,8 @@ from benchmarks.benchmark import (digits_name,  # noqa: E402
                                   run_one)
 from benchmarks.report import (paired_tables, plot_paired,  # noqa: E402
                                setting_label)
-from benchmarks.stats import PAIRED_METRICS, paired  # noqa: E402
+from benchmarks.stats import (PAIRED_METRICS, paired,  # noqa: E402
+                              setting_key)
 from benchmarks.tasks import (METHODS, REGIMES, REPO_ROOT,  # noqa: E402
                               SCENES, TASKS)
 
@@ -595,8 +596,7 @@ def merge_results(paths):
                 sys.exit(f'--report: {path} and {where[group][0]} ran '
                          f'{group} differently (iterations, upstream head '
                          f'before): {setup} != {where[group][1]}')
-            key = group + (entry['method'],
-                           json.dumps(entry['config'], sort_keys=True))
+            key = setting_key(entry) + (entry['seed'], )
             scores = tuple(entry[m] for m in PAIRED_METRICS)
             if key in seen:
                 if seen[key][1] != scores:
