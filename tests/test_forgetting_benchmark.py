@@ -498,7 +498,10 @@ def test_interrupt_leaves_no_process_behind(tmp_path, signum):
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True)
+        text=True,
+        # As from a terminal: a test run started in the background (`make
+        # test &`, nohup) ignores SIGINT, and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Wait for the workers to be busy pre-training.
         for line in proc.stdout:
