@@ -104,7 +104,7 @@ setup(
     ],
     extras_require={
         # expecttest: torch's own optimizer test table (optim_db)
-        'tests': ['pytest>=7', 'expecttest'],
+        'tests': ['pytest>=7.3', 'expecttest'],
         # the demo and the forgetting benchmark: bundled digits, plots
         'demo': ['scikit-learn', 'matplotlib'],
     },

@@ -229,7 +229,8 @@ def test_every_setting_is_used_or_refused(capsys):
     tool = _tool()
     args = tool.parse_args(['--quick'])
     assert args.plan == tool.QUICK['plan'] and args.seeds == [0, 1, 2]
-    assert set(args.iters) == {'det', 'seg', 'cls'}
+    assert args.iters == {(t, r): tool.QUICK['iters'][t]
+                          for t, r in tool.QUICK['plan']}
     assert [m for m, _ in tool.settings(args)] == [
         'adamw', 'l2sp', 'llrd', 'olor'
     ]
@@ -238,7 +239,22 @@ def test_every_setting_is_used_or_refused(capsys):
         '--iters', 'cls=50'
     ])
     assert args.plan == [('cls', 'related-few'), ('cls', 'shifted')]
-    assert args.iters == dict(cls=50)
+    assert args.iters == {('cls', 'related-few'): 50, ('cls', 'shifted'): 50}
+    # The full run's defaults: the schedules checked for convergence, twice
+    # as long in det and seg related-many; TASK=N sets every regime of the
+    # task, TASK:REGIME=N one, whatever their order.
+    args = tool.parse_args(['--tasks', 'det', 'seg'])
+    assert args.iters == {
+        ('det', 'related-few'): 900, ('det', 'related-many'): 1800,
+        ('det', 'shifted'): 900, ('det', 'unrelated'): 900,
+        ('seg', 'related-few'): 1500, ('seg', 'related-many'): 3000,
+        ('seg', 'shifted'): 1500, ('seg', 'unrelated'): 1500}
+    args = tool.parse_args([
+        '--tasks', 'det', '--regimes', 'related-few', 'related-many',
+        '--iters', 'det:related-many=1200', 'det=600'
+    ])
+    assert args.iters == {('det', 'related-few'): 600,
+                          ('det', 'related-many'): 1200}
     args = tool.parse_args(['--methods', 'olor+llrd', '--r-max', '0.001',
                             '0.01', '--power', '2', '--llrd-decay', '0.8'])
     assert tool.settings(args) == [
@@ -256,6 +272,11 @@ def test_every_setting_is_used_or_refused(capsys):
         ('--tasks', 'det', '--crops', '4', '6', '3'): '--crops is for',
         ('--tasks', 'cls', '--iters', 'det=50'): '--iters: invalid',
         ('--iters', 'cls=1', ): '--iters: invalid',
+        ('--tasks', 'det', '--regimes', 'shifted', '--iters',
+         'det:related-many=900'): '--iters: invalid',
+        ('--iters', 'det:many=900'): '--iters: invalid',
+        ('--tasks', 'det', '--iters', 'det=900', '--val-interval', '900'):
+        '--val-interval',
         ('--seeds', '0', '0'): 'repeated',
         ('--jobs', '0'): '--jobs',
     }
