@@ -340,7 +340,7 @@ def plot_paired(paired: List[Dict], task: str, out: str,
         squeeze=False)
     colours = {
         'l2sp': 'C2', 'llrd': 'C4', 'olor': 'C1', 'olor+llrd': 'C3',
-        'wise-ft': 'C5'
+        'wise-ft': 'C5', 'spd': 'C6', 'olor-spd': 'C8'
     }
     markers = 'osD^v<>pPX*'
     for ax, regime in zip(axes[0], regimes):

@@ -100,6 +100,8 @@ METHODS = {
     'llrd': ('decay', ),
     'olor': ('r_max', 'power'),
     'olor+llrd': ('r_max', 'power', 'decay'),
+    'spd': ('lam', ),
+    'olor-spd': ('r_max', 'power'),
     'wise-ft': ('alpha', ),
 }
 
@@ -230,15 +232,20 @@ def method_config(cfg: Config, task: str, method: str,
     """The task config ``cfg`` (AdamW) turned into ``method``'s.
 
     - ``adamw``: unchanged;
-    - ``l2sp``: the model gets the L2-SP loss term on its backbone
-      (:func:`~benchmarks.l2sp.l2sp_model_cfg`, ``alpha``);
+    - ``l2sp``: ``OLORAdamW`` with ``paramwise_cfg.l2sp`` (weight
+      ``alpha``) on the backbone, no rollback;
     - ``llrd``: stage-wise lr decay ``decay`` (:func:`llrd_keys`) through
       mmengine's ``DefaultOptimWrapperConstructor``;
     - ``olor``: ``OLOROptimWrapperConstructor`` + ``OLORAdamW`` (the same
       lr, betas and weight decay), rollback ``r_max`` falling to 0 with
       ``power`` per block of the backbone;
     - ``olor+llrd``: both, the lr decay's constructor as OLOR's
-      ``base_constructor``.
+      ``base_constructor``;
+    - ``spd``: Selective Projection Decay as published (AdamSPD): the
+      review ``'spd'`` with one constant strength ``lam`` over the backbone
+      (``rollback_follows_lr=False``);
+    - ``olor-spd``: OLOR's layer-wise rollback (``r_max``, ``power``,
+      following the lr) with the review ``'spd'``.
     - ``wise-ft`` is not trained: it is AdamW's run, interpolated
       (:func:`~benchmarks.benchmark.run_one`).
 
@@ -251,23 +258,31 @@ def method_config(cfg: Config, task: str, method: str,
                          'weights of the adamw run')
     cfg = copy.deepcopy(cfg)
     wrapper = cfg.optim_wrapper
-    if method == 'l2sp':
-        registry = importlib.import_module(
-            f'{TASKS[task].scope}.registry').MODELS
-        cfg.model = l2sp_model_cfg(
-            cfg.model, config['alpha'], scope=['backbone'], registry=registry)
-    if method in ('llrd', 'olor+llrd'):
-        wrapper.paramwise_cfg.custom_keys = llrd_keys(config['decay'])
-    if method in ('olor', 'olor+llrd'):
+    if method != 'adamw' and method != 'llrd':
         wrapper.constructor = 'OLOROptimWrapperConstructor'
         wrapper.optimizer.type = 'OLORAdamW'
-        if method == 'olor+llrd':
-            wrapper.paramwise_cfg.base_constructor = \
-                'DefaultOptimWrapperConstructor'
+    if method == 'l2sp':
+        wrapper.paramwise_cfg.l2sp = dict(
+            alpha=config['alpha'], scope=['backbone'])
+    if method in ('llrd', 'olor+llrd'):
+        wrapper.paramwise_cfg.custom_keys = llrd_keys(config['decay'])
+    if method == 'olor+llrd':
+        wrapper.paramwise_cfg.base_constructor = \
+            'DefaultOptimWrapperConstructor'
+    if method in ('olor', 'olor+llrd', 'olor-spd'):
         wrapper.paramwise_cfg.rollback = dict(
             max=config['r_max'],
             min=0.0,
             power=config['power'],
             layer='block',
-            scope=['backbone'])
+            scope=['backbone'],
+            review='spd' if method == 'olor-spd' else 'olor')
+    if method == 'spd':
+        wrapper.optimizer.rollback_follows_lr = False
+        wrapper.paramwise_cfg.rollback = dict(
+            max=config['lam'],
+            min=config['lam'],
+            power=0.0,
+            scope=['backbone'],
+            review='spd')
     return cfg

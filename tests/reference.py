@@ -22,11 +22,22 @@ class ReferenceOLOR:
     Per parameter with a gradient (the paper's update, with the rollback
     following the lr as the authors' AdamB does):
 
-        theta_hat = BaseStep(theta, g)
-        kappa = min(1, r * lr_t / lr_0)     (r when not following lr)
+        g' = g + l2sp * (theta - theta_0)                  (L2-SP)
+        theta_hat = BaseStep(theta, g')
+        r_t = min(1, r * lr_t / lr_0)     (r when not following lr)
+        review 'olor':  kappa = r_t
+        review 'spd':   kappa = r_t * ratio  if  g . (theta - theta_0) < 0
+                        kappa = 0            otherwise
+            ratio = clamp((|theta_hat - theta_0| - |theta - theta_0|)
+                          / |theta_hat - theta_0|, 0, 1)   (0 when 0 / 0)
         theta = theta_hat - kappa * (theta_hat - theta_0)
 
-    with ``theta_0`` the value before the parameter's first step.
+    with ``theta_0`` the value before the parameter's first step, ``g``
+    the gradient of the minimised loss (``-grad`` under ``maximize``) and
+    the norms and the dot product over the whole tensor (Selective
+    Projection Decay, Tian et al., NeurIPS 2024: the review acts only when
+    the gradient step moves the tensor away from its anchor, and only by
+    the share of the step that does).
     """
 
     def __init__(self, base: str, groups: List[dict]):
@@ -51,25 +62,45 @@ class ReferenceOLOR:
                 if g is None:
                     continue
                 state = self.state[gi][pi]
-                if 'anchor' not in state and group['rollback'] > 0:
-                    state['anchor'] = theta.clone()
-                theta_hat = self._base_step(theta, g.clone(), state, group,
-                                            lr)
                 r = group['rollback']
+                alpha = group.get('l2sp', 0.0)
+                if 'anchor' not in state and (r > 0 or alpha > 0):
+                    state['anchor'] = theta.clone()
+                if group.get('maximize', False):
+                    g = -g
+                drift = theta - state['anchor'] if 'anchor' in state \
+                    else None
+                g_base = g + alpha * drift if alpha > 0 else g.clone()
+                theta_hat = self._base_step(theta, g_base, state, group, lr)
                 if r > 0:
                     if group.get('rollback_follows_lr', True):
                         kappa = min(1.0, r * lr / group['initial_lr']) \
                             if lr > 0 else 0.0
                     else:
                         kappa = r
+                    if group.get('review', 'olor') == 'spd':
+                        kappa *= self._spd_ratio(g, drift,
+                                                 theta_hat - state['anchor'])
                     theta_hat = theta_hat - kappa * (theta_hat -
                                                      state['anchor'])
                 theta.copy_(theta_hat)
 
+    @staticmethod
+    def _spd_ratio(g: Tensor, drift: Tensor, new_drift: Tensor) -> float:
+        """SPD's factor: 0 unless the gradient step moves the tensor away
+        from its anchor, then the share of the new drift the step added."""
+        if float((g * drift).sum()) >= 0:
+            return 0.0
+        new_norm = float(new_drift.norm())
+        if new_norm == 0:
+            return 0.0
+        ratio = (new_norm - float(drift.norm())) / new_norm
+        return min(max(ratio, 0.0), 1.0)
+
     def _base_step(self, theta: Tensor, g: Tensor, state: dict, group: dict,
                    lr: float) -> Tensor:
-        if group.get('maximize', False):
-            g = -g
+        # `g` is the gradient of the minimised loss (already negated under
+        # `maximize`).
         wd = group.get('weight_decay', 0.0)
         if self.base == 'sgd':
             return self._sgd(theta, g, state, group, lr, wd)
@@ -176,3 +207,46 @@ def rollback_by_depth(depth: float, max_depth: float, r_max: float,
     if max_depth == 0:
         return r_max
     return r_min + (r_max - r_min) * math.pow(1 - depth / max_depth, power)
+
+
+class ReferenceAdamSPD:
+    """Adam with Selective Projection Decay (Tian et al., NeurIPS 2024,
+    "Rethinking Weight Decay for Robust Fine-Tuning of Foundation Models"),
+    written from the paper's rule, one tensor at a time:
+
+        theta_hat = theta - lr * m_hat / (sqrt(v_hat) + eps)     (Adam)
+        if g . (theta - theta_0) < 0:     (the step moves away from theta_0)
+            ratio = clamp((|theta_hat - theta_0| - |theta - theta_0|)
+                          / |theta_hat - theta_0|, 0, 1)
+            theta_hat = theta_hat - lam * ratio * (theta_hat - theta_0)
+        theta = theta_hat
+
+    with ``theta_0`` the weights given here (the pre-trained ones) and
+    ``lam`` the paper's weight decay.
+    """
+
+    def __init__(self, params: List[Tensor], *, lr: float, lam: float,
+                 betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [p.detach().clone() for p in params]
+        self.pre = [p.clone() for p in self.params]
+        self.lr, self.lam, self.betas, self.eps = lr, lam, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def step(self, grads: List[Tensor]) -> None:
+        self.t += 1
+        beta1, beta2 = self.betas
+        for i, (theta, g) in enumerate(zip(self.params, grads)):
+            self.m[i] = beta1 * self.m[i] + (1 - beta1) * g
+            self.v[i] = beta2 * self.v[i] + (1 - beta2) * g * g
+            m_hat = self.m[i] / (1 - beta1**self.t)
+            v_hat = self.v[i] / (1 - beta2**self.t)
+            new = theta - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+            pre = self.pre[i]
+            if float((g * (theta - pre)).sum()) < 0:
+                now = float((new - pre).norm())
+                ratio = (now - float((theta - pre).norm())) / now
+                ratio = min(max(ratio, 0.0), 1.0)
+                new = new - self.lam * ratio * (new - pre)
+            theta.copy_(new)

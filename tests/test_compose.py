@@ -32,7 +32,7 @@ import mmolor.optim.constructor
 ROLLBACK = dict(max=0.02, min=0.004, power=2.0)
 # Group keys OLOR's optimizers add (their defaults) or OLOR sets.
 OLOR_GROUP_KEYS = {'rollback', 'rollback_follows_lr', 'anchor_dtype',
-                   'compiled'}
+                   'review', 'l2sp', 'compiled'}
 
 
 # ---------------------------------------------------------------- models

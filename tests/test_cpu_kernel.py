@@ -83,11 +83,17 @@ def test_kernel_runs_on_torchs_threads(kernel):
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize('olor', [
+    dict(),
+    dict(review='spd'),
+    dict(review='spd', l2sp=0.1),
+])
 @pytest.mark.parametrize('threads', [1, 2])
-def test_kernel_matches_reference_at_each_thread_count(threads):
+def test_kernel_matches_reference_at_each_thread_count(threads, olor):
     """The parallel split (chunks of tensors) changes nothing: the same
     numbers as the reference with 1 and 2 threads, on tensors larger than
-    the parallel threshold and cut into several chunks."""
+    the parallel threshold and cut into several chunks (the review 'spd'
+    sums each tensor over its chunks)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -99,9 +105,10 @@ def test_kernel_matches_reference_at_each_thread_count(threads):
                 for n in (200_003, 70_000, 5)
             ]
             opt = OLORAdamW(
-                params, lr=1e-2, weight_decay=0.1, rollback=0.2, **impl)
+                params, lr=1e-2, weight_decay=0.1, rollback=0.2, **impl,
+                **olor)
             gen = torch.Generator().manual_seed(1)
-            for _ in range(4):
+            for _ in range(6):
                 for p in params:
                     p.grad = torch.randn(p.shape, generator=gen)
                 opt.step()
@@ -212,14 +219,16 @@ def test_adam_kernel_rejects_bad_input_before_counting_the_step(kernel):
     anchors = [torch.zeros(4), torch.zeros(3, dtype=torch.float16)]
     with pytest.raises(RuntimeError, match=r'anchors\[1\]'):
         kernel.olor_adam_(params, grads, *moments, [], steps, anchors, 0.1,
-                          0.9, 0.999, 1e-8, 0.0, True, 0.5, False, False)
+                          0.9, 0.999, 1e-8, 0.0, True, 0.5, False, False,
+                          0.1, True)
     assert all(float(s) == 2 for s in steps)
     assert torch.equal(params[0], torch.ones(4))
     assert torch.equal(moments[0][0], torch.zeros(4))
     with pytest.raises(RuntimeError, match=r'state_steps\[0\]'):
         kernel.olor_adam_(params[:1], grads[:1], moments[0][:1],
                           moments[1][:1], [], [torch.zeros(2)], anchors[:1],
-                          0.1, 0.9, 0.999, 1e-8, 0.0, True, 0.5, False, False)
+                          0.1, 0.9, 0.999, 1e-8, 0.0, True, 0.5, False, False,
+                          0.0, False)
 
 
 def test_sgd_kernel_takes_momentum_free_steps():

@@ -157,7 +157,10 @@ def test_method_configs_build_their_optimizers(task, tmp_path):
     for method, config in (('llrd', dict(decay=0.5)),
                            ('olor', dict(r_max=0.01, power=2.0)),
                            ('olor+llrd',
-                            dict(r_max=0.01, power=1.0, decay=0.5))):
+                            dict(r_max=0.01, power=1.0, decay=0.5)),
+                           ('olor-spd', dict(r_max=0.01, power=2.0)),
+                           ('spd', dict(lam=0.5)),
+                           ('l2sp', dict(alpha=0.1))):
         method_cfg = method_config(cfg, task, method, config)
         model = _model(method_cfg, task)
         wrapper = build_optim_wrapper(model, method_cfg.optim_wrapper)
@@ -193,11 +196,20 @@ def test_method_configs_build_their_optimizers(task, tmp_path):
             assert stem['rollback'] == pytest.approx(0.01)
             assert top['rollback'] == 0.0
             assert head.get('rollback', 0.0) == 0.0
-            assert type(wrapper.optimizer).__name__ == 'OLORAdamW'
-        else:
+            assert stem['rollback_follows_lr'] is True
+        elif method == 'spd':  # AdamSPD: one constant strength
+            assert stem['rollback'] == top['rollback'] == 0.5
+            assert head['rollback'] == 0.0
+            assert stem['rollback_follows_lr'] is False
+        elif method == 'llrd':
             assert 'rollback' not in stem
-    l2sp = _model(method_config(cfg, task, 'l2sp', dict(alpha=0.1)), task)
-    assert l2sp.l2sp_alpha == 0.1 and l2sp.l2sp_scope == ['backbone']
+        if method != 'llrd':
+            assert type(wrapper.optimizer).__name__ == 'OLORAdamW'
+            assert stem['review'] == ('spd' if 'spd' in method else 'olor')
+            assert (stem['l2sp'], top['l2sp'], head['l2sp']) == (
+                (0.1, 0.1, 0.0) if method == 'l2sp' else (0.0, 0.0, 0.0))
+        if method == 'l2sp':
+            assert stem['rollback'] == top['rollback'] == 0.0
     with pytest.raises(ValueError, match='takes the settings'):
         method_config(cfg, task, 'olor', dict(r_max=0.01))
     with pytest.raises(ValueError, match='Invalid method'):
@@ -231,8 +243,10 @@ def test_every_setting_is_used_or_refused(capsys):
     assert args.plan == tool.QUICK['plan'] and args.seeds == [0, 1, 2]
     assert args.iters == {(t, r): tool.QUICK['iters'][t]
                           for t, r in tool.QUICK['plan']}
-    assert [m for m, _ in tool.settings(args)] == [
-        'adamw', 'l2sp', 'llrd', 'olor'
+    assert tool.settings(args) == [
+        ('adamw', {}), ('l2sp', dict(alpha=0.01)), ('llrd', dict(decay=0.7)),
+        ('olor', dict(r_max=0.01, power=1.0)), ('spd', dict(lam=1.0)),
+        ('olor-spd', dict(r_max=0.01, power=1.0))
     ]
     args = tool.parse_args([
         '--quick', '--tasks', 'cls', '--regimes', 'related-few', 'shifted',
@@ -261,7 +275,21 @@ def test_every_setting_is_used_or_refused(capsys):
         ('olor+llrd', dict(r_max=r, power=2.0, decay=0.8))
         for r in (0.001, 0.01)
     ]
+    args = tool.parse_args(['--methods', 'spd', 'olor-spd', '--spd-lambda',
+                            '0.1', '1', '--r-max', '0.5', '--power', '1'])
+    assert tool.settings(args) == [
+        ('spd', dict(lam=0.1)), ('spd', dict(lam=1.0)),
+        ('olor-spd', dict(r_max=0.5, power=1.0))
+    ]
     refused = {
+        ('--methods', 'olor', '--spd-lambda', '0.5'): '--spd-lambda is for',
+        ('--methods', 'spd', '--spd-lambda', '1.5'):
+        '--spd-lambda: invalid value(s) [1.5]',
+        ('--methods', 'olor', '--r-max', '-0.5'):
+        '--r-max: invalid value(s) [-0.5]',
+        ('--methods', 'olor', '--power', 'nan'): '--power: invalid',
+        ('--methods', 'l2sp', '--l2sp-alpha', '-1'): '--l2sp-alpha: invalid',
+        ('--methods', 'llrd', '--llrd-decay', '0'): '--llrd-decay: invalid',
         ('--methods', 'adamw', 'llrd', '--r-max', '0.01'):
         '--r-max is for the method',
         ('--methods', 'adamw', '--l2sp-alpha', '0.1'): '--l2sp-alpha is for',

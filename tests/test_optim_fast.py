@@ -347,7 +347,7 @@ def test_cpu_kernel_rejects_bad_input_before_writing():
     params = [p, p.clone()]
     with pytest.raises(RuntimeError, match=r'anchors\[1\]'):
         kernel.olor_sgd_(params, [g, g], [buf, buf.clone()], anchors, 0.0,
-                         0.9, 0.0, False, -0.1, 0.5, False)
+                         0.9, 0.0, False, 0.1, 0.5, False, 0.1, True)
     assert torch.equal(params[0], torch.ones(4))
     assert torch.equal(buf, torch.zeros(4))
 

@@ -3,8 +3,10 @@
 ``olor.py``).
 
 :func:`rollback_` pulls the parameters back toward their anchors after
-torch's own step. The other path, OLOR's fused CPU kernel, does the step
-and the review together in ``csrc/olor_cpu.cpp``.
+torch's own step (the review ``'olor'``); :func:`drift_before_step` and
+:func:`selective_rollback_` are the review ``'spd'``; :func:`l2sp_grads`
+adds L2-SP's term to the gradients. The other path, OLOR's fused CPU
+kernel, does the step and the review together in ``csrc/olor_cpu.cpp``.
 """
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
@@ -13,7 +15,9 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
-__all__ = ['rollback_']
+__all__ = [
+    'rollback_', 'drift_before_step', 'selective_rollback_', 'l2sp_grads'
+]
 
 
 def rollback_(params: List[Tensor],
@@ -70,3 +74,74 @@ def _by_device_and_dtype(
         bucket[0].append(p)
         bucket[1].append(a)
     return list(buckets.values())
+
+
+def drift_before_step(params: List[Tensor], grads: List[Tensor],
+                      anchors: List[Tensor], *,
+                      maximize: bool = False) -> List[Tuple[Tensor, Tensor]]:
+    r"""What the review ``'spd'`` needs from before the step, per tensor:
+    whether the gradient step moves it away from its anchor,
+    :math:`g \cdot (\theta_{t-1} - \theta_0) < 0` (``g`` the gradient of
+    the minimised loss: ``-grad`` under ``maximize``), and the drift's norm
+    :math:`\|\theta_{t-1} - \theta_0\|`, as 0-dim tensors (no host
+    sync)."""
+    out = []
+    for param, grad, anchor in zip(params, grads, anchors):
+        drift = torch.sub(param, anchor)
+        dot = torch.sum(grad * drift)
+        out.append((dot > 0 if maximize else dot < 0,
+                    torch.linalg.vector_norm(drift)))
+    return out
+
+
+def selective_rollback_(params: List[Tensor], anchors: List[Tensor],
+                        before: List[Tuple[Tensor, Tensor]], *,
+                        kappa: float) -> None:
+    r"""Functional API of the review ``'spd'`` (Selective Projection Decay,
+    Tian et al., NeurIPS 2024), after the base step, per tensor:
+
+    .. math::
+        \rho = \mathrm{clamp}\Big(\frac{\|\hat\theta_t - \theta_0\|
+            - \|\theta_{t-1} - \theta_0\|}{\|\hat\theta_t - \theta_0\|},
+            0, 1\Big), \qquad
+        \theta_t = \hat\theta_t - \kappa \rho \,
+            (\hat\theta_t - \theta_0)
+
+    where the step moved the tensor away from its anchor (``before``, from
+    :func:`drift_before_step`), :math:`\theta_t = \hat\theta_t` elsewhere
+    (and where :math:`\hat\theta_t = \theta_0`).
+
+    Args:
+        params (list[Tensor]): Parameters after the base step.
+        anchors (list[Tensor]): Their anchors (pre-trained weights).
+        before (list[tuple[Tensor, Tensor]]): Per tensor, from
+            :func:`drift_before_step`.
+        kappa (float): The group's rollback fraction of this step.
+    """
+    for param, anchor, (away, drift) in zip(params, anchors, before):
+        new_drift = torch.sub(param, anchor)
+        now = torch.linalg.vector_norm(new_drift)
+        # 0 / 0 (no drift) and -x / 0 give no review.
+        ratio = ((now - drift) / now).nan_to_num_(0.0, 0.0, 0.0).clamp_(0, 1)
+        param.sub_(new_drift.mul_((ratio * away * kappa).to(new_drift.dtype)))
+
+
+def l2sp_grads(params: List[Tensor],
+               grads: List[Tensor],
+               anchors: List[Tensor],
+               *,
+               alpha: float,
+               maximize: bool = False,
+               grad_scale: Optional[Tensor] = None) -> List[Tensor]:
+    r"""The gradients with L2-SP's term: ``grad + alpha * (p - anchor)``,
+    i.e. the gradients of ``loss + alpha / 2 * ||p - anchor||^2`` (the term
+    is subtracted under ``maximize``, so it stays a penalty; multiplied by
+    ``grad_scale`` when the grads are still scaled). New tensors: the
+    given grads are left as they are."""
+    out = []
+    for param, grad, anchor in zip(params, grads, anchors):
+        term = torch.sub(param, anchor).to(grad.dtype)
+        if grad_scale is not None:
+            term.mul_(grad_scale.to(term.dtype))
+        out.append(grad.add(term, alpha=-alpha if maximize else alpha))
+    return out

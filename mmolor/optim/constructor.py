@@ -12,7 +12,8 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
 from .layer_depth import get_layer_depths
-from .olor import OLORAdam, OLORAdamW, OLORSGD, validate_rollback
+from .olor import (OLORAdam, OLORAdamW, OLORSGD, validate_l2sp,
+                   validate_review, validate_rollback)
 
 __all__ = ['OLOROptimWrapperConstructor', 'rollback_by_depth']
 
@@ -20,9 +21,19 @@ _LAYER_MODES = ('block', 'stage', 'tensor')
 # The defaults of `paramwise_cfg['rollback']`. max / min / power are the
 # authors' classification setting (r_max = 0.01, r_min = 0, power 1).
 _ROLLBACK_DEFAULTS: Dict[str, Any] = dict(
-    max=0.01, min=0.0, power=1.0, layer='block', scope=('backbone', ))
+    max=0.01,
+    min=0.0,
+    power=1.0,
+    layer='block',
+    scope=('backbone', ),
+    review='olor')
+# The keys of `paramwise_cfg['l2sp']`; `alpha` has no default.
+_L2SP_KEYS = ('alpha', 'scope')
 # `paramwise_cfg` keys OLOR reads itself; the base constructor gets the rest.
-_OLOR_KEYS = ('rollback', 'base_constructor')
+_OLOR_KEYS = ('rollback', 'l2sp', 'base_constructor')
+# Group keys that `custom_keys` entries may set directly (they win).
+_GROUP_KEYS = dict(
+    rollback=validate_rollback, review=validate_review, l2sp=validate_l2sp)
 _DEFAULT_BASE = 'DefaultOptimWrapperConstructor'
 # Registries searched for an unscoped `base_constructor` that the current
 # default scope does not know (e.g. a test or a script with no scope).
@@ -102,6 +113,20 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - ``scope`` (str | list[str]): the pre-trained modules that roll back,
       by attribute path (``''`` is the whole model), shallow to deep; depth
       continues from one entry to the next. Defaults to ``['backbone']``.
+    - ``review`` (str): the review rule of the groups in the scope,
+      ``'olor'`` (the paper's) or ``'spd'`` (Selective Projection Decay's
+      selective review, see :class:`~mmolor.optim.OLORAdamW`). Defaults to
+      ``'olor'``.
+
+    ``paramwise_cfg['l2sp']`` (L2-SP, Li et al. 2018: the gradient of
+    ``alpha / 2 * ||theta - theta_0||^2`` added to every parameter of the
+    scope, with the same anchors as the review) keys:
+
+    - ``alpha`` (float): the weight, >= 0. Required.
+    - ``scope`` (str | list[str]): as the rollback's. Defaults to
+      ``['backbone']``.
+
+    It works with or without ``rollback``.
 
     ``paramwise_cfg['base_constructor']`` (str | type): a registered optim
     wrapper constructor, looked up as mmengine's ``build_optim_wrapper``
@@ -118,9 +143,9 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
     error naming it. Any other base constructor (a subclass of one of them
     too) gets its keys unchecked, and says so in one log line.
 
-    ``custom_keys`` entries may set ``rollback`` directly (when the base
-    constructor copies them into its groups, as mmengine's and mmpretrain's
-    do); they win over the computed value. The constructor logs one table
+    ``custom_keys`` entries may set ``rollback``, ``review`` and ``l2sp``
+    directly (when the base constructor copies them into its groups, as
+    mmengine's and mmpretrain's do); they win over the computed values. The constructor logs one table
     of layer id, parameter count and rollback, on rank 0.
 
     Example:
@@ -132,6 +157,9 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
         >>>         rollback=dict(max=0.01, min=0.0, power=1.0,
         >>>                       layer='block', scope=['backbone']),
         >>>         norm_decay_mult=0.0))
+        >>> # SPD's selective review with OLOR's depth profile; or L2-SP.
+        >>> paramwise_cfg = dict(rollback=dict(max=0.01, review='spd'))
+        >>> paramwise_cfg = dict(l2sp=dict(alpha=0.01, scope=['backbone']))
         >>> # Over a layer-wise lr-decay recipe (mmseg BEiT): its keys stay.
         >>> optim_wrapper = dict(
         >>>     constructor='OLOROptimWrapperConstructor',
@@ -177,16 +205,20 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if 'rollback' in self.paramwise_cfg:
             self.rollback_cfg = _parse_rollback_cfg(
                 self.paramwise_cfg['rollback'])
-        custom_rollback = False
+        self.l2sp_cfg = None
+        if 'l2sp' in self.paramwise_cfg:
+            self.l2sp_cfg = _parse_l2sp_cfg(self.paramwise_cfg['l2sp'])
+        custom = []
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
         for key, options in (custom_keys.items()
                              if isinstance(custom_keys, dict) else ()):
-            if isinstance(options, dict) and 'rollback' in options:
-                validate_rollback(
-                    options['rollback'],
-                    f'paramwise_cfg.custom_keys[{key!r}].rollback')
-                custom_rollback = True
-        if self.rollback_cfg is not None or custom_rollback:
+            for name, validate in _GROUP_KEYS.items():
+                if isinstance(options, dict) and name in options:
+                    validate(options[name],
+                             f'paramwise_cfg.custom_keys[{key!r}].{name}')
+                    custom.append(f'custom_keys[{key!r}].{name}')
+        if self.rollback_cfg is not None or self.l2sp_cfg is not None \
+                or custom:
             _check_olor_optimizer(self.optimizer_cfg)
 
     def add_params(self, params: List[dict], module: nn.Module,
@@ -199,48 +231,72 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
             **kwargs: Passed to the base constructor's ``add_params``.
         """
         self.base.add_params(params, module, **kwargs)
-        if self.rollback_cfg is not None:
-            params[:] = self._with_rollback(params, module)
+        if self.rollback_cfg is not None or self.l2sp_cfg is not None:
+            params[:] = self._with_olor_keys(params, module)
 
-    def _with_rollback(self, groups: List[dict],
-                       model: nn.Module) -> List[dict]:
-        cfg = self.rollback_cfg
+    def _with_olor_keys(self, groups: List[dict],
+                        model: nn.Module) -> List[dict]:
+        """The groups with ``rollback`` / ``review`` (from
+        ``paramwise_cfg.rollback``) and ``l2sp`` (from
+        ``paramwise_cfg.l2sp``) set per parameter, split where they
+        differ."""
+        cfg, l2sp_cfg = self.rollback_cfg, self.l2sp_cfg
         trainable = {p for g in groups for p in g['params']}
-        depth_of, max_depth, rules = _scope_depths(model, cfg['scope'],
-                                                   cfg['layer'], trainable)
+        depth_of: Dict[Any, int] = {}
+        if cfg is not None:
+            depth_of, max_depth, rules = _scope_depths(
+                model, cfg['scope'], cfg['layer'], trainable)
+        l2sp_scope: Dict[Any, int] = {}
+        if l2sp_cfg is not None:
+            l2sp_scope = _scope_depths(model, l2sp_cfg['scope'], 'tensor',
+                                       trainable, 'paramwise_cfg.l2sp')[0]
         numel: Dict[Tuple, int] = {}  # (depth, rollback) -> parameter count
         out: List[dict] = []
         for group in groups:
             values = []
             for p in group['params']:
-                depth = depth_of.get(p)
-                if 'rollback' in group:  # custom_keys win
-                    value = group['rollback']
-                elif depth is None:
-                    value = 0.0
-                else:
-                    value = rollback_by_depth(depth, max_depth, cfg['max'],
-                                              cfg['min'], cfg['power'])
+                value = {}
+                if cfg is not None:
+                    depth = depth_of.get(p)
+                    value['rollback'] = 0.0 if depth is None else \
+                        rollback_by_depth(depth, max_depth, cfg['max'],
+                                          cfg['min'], cfg['power'])
+                    value['review'] = cfg['review']
+                if l2sp_cfg is not None:
+                    value['l2sp'] = l2sp_cfg['alpha'] if p in l2sp_scope \
+                        else 0.0
+                value.update(  # custom_keys win
+                    (k, group[k]) for k in _GROUP_KEYS if k in group)
                 values.append(value)
-                numel[depth, value] = numel.get((depth, value), 0) + \
-                    p.numel()
-            out.extend(_split_by_rollback(group, values))
+                if cfg is not None:
+                    key = (depth, value['rollback'])
+                    numel[key] = numel.get(key, 0) + p.numel()
+            out.extend(_split_by_values(group, values))
         if get_rank() == 0:
-            _log_table(numel, max_depth, rules, cfg, self.base_cls.__name__)
+            if cfg is not None:
+                _log_table(numel, max_depth, rules, cfg,
+                           self.base_cls.__name__)
+            if l2sp_cfg is not None:
+                count = sum(p.numel() for p in l2sp_scope)
+                print_log(
+                    f"OLOR L2-SP: alpha={l2sp_cfg['alpha']} on "
+                    f"{l2sp_cfg['scope']} ({count:,} parameters)",
+                    logger='current')
         return out
 
 
-def _split_by_rollback(group: dict, values: List[float]) -> List[dict]:
-    """``group`` with ``rollback`` set; one group per distinct value.
+def _split_by_values(group: dict, values: List[Dict[str, Any]]) -> List[dict]:
+    """``group`` with the keys of ``values`` (one dict per parameter) set;
+    one group per distinct set of values.
 
     Each part keeps the group's other settings. A list with one entry per
     parameter (mmseg's ``param_names``) is split along with the params.
     """
     params = list(group['params'])
-    distinct = list(dict.fromkeys(values))
+    keys = [tuple(sorted(v.items())) for v in values]
+    distinct = list(dict.fromkeys(keys))
     if len(distinct) <= 1:
-        group['rollback'] = distinct[0] if distinct else \
-            group.get('rollback', 0.0)
+        group.update(distinct[0] if distinct else {})
         return [group]
     parallel = [
         k for k, v in group.items()
@@ -248,9 +304,8 @@ def _split_by_rollback(group: dict, values: List[float]) -> List[dict]:
     ]
     parts = []
     for value in distinct:
-        index = [i for i, v in enumerate(values) if v == value]
-        part = dict(group, params=[params[i] for i in index],
-                    rollback=value)
+        index = [i for i, v in enumerate(keys) if v == value]
+        part = dict(group, params=[params[i] for i in index], **dict(value))
         for key in parallel:
             part[key] = [group[key][i] for i in index]
         parts.append(part)
@@ -304,9 +359,10 @@ def _check_olor_optimizer(optimizer_cfg: dict) -> None:
     if not (isinstance(optimizer_cls, type)
             and issubclass(optimizer_cls, (OLORAdamW, OLORAdam, OLORSGD))):
         raise ValueError(
-            'paramwise_cfg.rollback needs an OLOR optimizer (OLORAdamW, '
-            f'OLORAdam, OLORSGD; or ZeroRedundancyOptimizer with '
-            f"optimizer_type='OLORAdamW', ...), got {setting}")
+            'paramwise_cfg.rollback (or .l2sp) needs an OLOR '
+            'optimizer (OLORAdamW, OLORAdam, OLORSGD; or '
+            "ZeroRedundancyOptimizer with optimizer_type='OLORAdamW', ...), "
+            f'got {setting}')
 
 
 def _base_constructor_cls(value: Any) -> type:
@@ -397,22 +453,49 @@ def _parse_rollback_cfg(cfg: Any) -> Dict[str, Any]:
     if cfg['layer'] not in _LAYER_MODES:
         raise ValueError(f"Invalid paramwise_cfg.rollback.layer: "
                          f"{cfg['layer']!r} (expected one of {_LAYER_MODES})")
-    scope = cfg['scope']
+    cfg['review'] = validate_review(cfg['review'],
+                                    'paramwise_cfg.rollback.review')
+    cfg['scope'] = _parse_scope(cfg['scope'], 'paramwise_cfg.rollback.scope')
+    return cfg
+
+
+def _parse_l2sp_cfg(cfg: Any) -> Dict[str, Any]:
+    """Validate ``paramwise_cfg['l2sp']`` and fill its defaults."""
+    if not isinstance(cfg, dict) or 'alpha' not in cfg:
+        raise TypeError('paramwise_cfg.l2sp must be a dict with keys '
+                        f"{list(_L2SP_KEYS)} ('alpha' required), got {cfg!r}")
+    unknown = sorted(set(cfg) - set(_L2SP_KEYS))
+    if unknown:
+        raise ValueError(f'Unknown key(s) in paramwise_cfg.l2sp: {unknown} '
+                         f'(allowed: {list(_L2SP_KEYS)})')
+    return dict(
+        alpha=validate_l2sp(cfg['alpha'], 'paramwise_cfg.l2sp.alpha'),
+        scope=_parse_scope(
+            cfg.get('scope', _ROLLBACK_DEFAULTS['scope']),
+            'paramwise_cfg.l2sp.scope'))
+
+
+def _parse_scope(scope: Any, name: str) -> List[str]:
+    """A scope setting as a list of module paths."""
     if isinstance(scope, str):
         scope = [scope]
     if not isinstance(scope, (list, tuple)) or not all(
             isinstance(s, str) for s in scope):
-        raise TypeError('Invalid paramwise_cfg.rollback.scope: '
-                        f'{cfg["scope"]!r} (expected a str or a list of str)')
+        raise TypeError(f'Invalid {name}: {scope!r} (expected a str or a '
+                        'list of str)')
     if not scope:
-        raise ValueError('Invalid paramwise_cfg.rollback.scope: [] (name at '
-                         "least one module, e.g. ['backbone'])")
-    cfg['scope'] = list(scope)
-    return cfg
+        raise ValueError(f'Invalid {name}: [] (name at least one module, '
+                         "e.g. ['backbone'])")
+    return list(scope)
 
 
-def _scope_depths(model: nn.Module, scope: Sequence[str], layer: str,
-                  trainable: set) -> Tuple[Dict[Any, int], int, List[str]]:
+def _scope_depths(
+    model: nn.Module,
+    scope: Sequence[str],
+    layer: str,
+    trainable: set,
+    setting: str = 'paramwise_cfg.rollback'
+) -> Tuple[Dict[Any, int], int, List[str]]:
     """Depth of every trainable parameter in the scope, and ``D``.
 
     Scope entries are stacked shallow to deep: the depths of an entry start
@@ -427,18 +510,18 @@ def _scope_depths(model: nn.Module, scope: Sequence[str], layer: str,
         except AttributeError:
             top = [n for n, _ in model.named_children()]
             raise ValueError(
-                f'Invalid paramwise_cfg.rollback.scope entry {entry!r}: '
+                f'Invalid {setting}.scope entry {entry!r}: '
                 f'{type(model).__name__} has no such module (top-level '
                 f'modules: {top})') from None
         named = [(n, p) for n, p in module.named_parameters()
                  if p in trainable]
         if not named:
             raise ValueError(
-                f'Invalid paramwise_cfg.rollback.scope entry {entry!r}: it '
+                f'Invalid {setting}.scope entry {entry!r}: it '
                 'matches no trainable parameter (all frozen or none)')
         if any(p in depth_of for _, p in named):
             raise ValueError(
-                f'Invalid paramwise_cfg.rollback.scope entry {entry!r}: it '
+                f'Invalid {setting}.scope entry {entry!r}: it '
                 f'overlaps an earlier entry of {list(scope)}')
         if layer == 'tensor':
             depths = {n: i for i, (n, _) in enumerate(named)}
@@ -478,7 +561,8 @@ def _log_table(numel: Dict[Tuple, int], max_depth: int, rules: List[str],
     lines = [
         f"OLOR rollback: max={cfg['max']}, min={cfg['min']}, "
         f"power={cfg['power']}, layer={cfg['layer']!r}, "
-        f"scope={cfg['scope']}, D={max_depth}", f'  param groups: {base}'
+        f"scope={cfg['scope']}, review={cfg['review']!r}, D={max_depth}",
+        f'  param groups: {base}'
     ] + [f'  depth rule: {r}' for r in rules]
     lines.append(f"  {'layer id':>8} | {'params':>12} | rollback")
     in_scope = sorted((k for k in numel if k[0] is not None),

@@ -10,8 +10,8 @@ pre-trained weights ("one step review"). A group takes one of two paths,
 chosen in one place (``_OLORMixin._takes_kernel``):
 
 - OLOR's fused CPU kernel (``csrc/olor_cpu.cpp``): step and review in one
-  pass over memory, where it applies (float32 weights on the CPU, unless
-  ``foreach=False``);
+  pass over memory (three for the review ``'spd'``), where it applies
+  (float32 weights on the CPU, unless ``foreach=False``);
 - otherwise torch's own step, in whatever mode the group asks for
   (for-loop, foreach or fused), followed by the review (:func:`rollback_`).
 
@@ -27,7 +27,8 @@ from torch import Tensor
 from torch.optim import SGD, Adam, AdamW
 
 from ._cpu_kernel import cpu_kernel
-from ._functional import rollback_
+from ._functional import (drift_before_step, l2sp_grads, rollback_,
+                          selective_rollback_)
 
 __all__ = ['OLORAdamW', 'OLORAdam', 'OLORSGD', 'rollback_']
 
@@ -36,7 +37,13 @@ __all__ = ['OLORAdamW', 'OLORAdam', 'OLORSGD', 'rollback_']
 # ``rollback`` is schedulable by mmengine's ParamSchedulers
 # (``param_name='rollback'``).
 _GROUP_DEFAULTS = dict(
-    rollback=0.0, rollback_follows_lr=True, anchor_dtype=None)
+    rollback=0.0,
+    rollback_follows_lr=True,
+    anchor_dtype=None,
+    review='olor',
+    l2sp=0.0)
+# The review rules (see the classes' docstring).
+REVIEWS = ('olor', 'spd')
 # Anchor dtypes OLOR's fused CPU kernel reads (None: the weights' float32).
 _KERNEL_ANCHOR_DTYPES = (None, 'float32', 'bfloat16')
 
@@ -54,6 +61,34 @@ def validate_rollback(value: Any, name: str = 'rollback') -> float:
     # Written as `not (...)` so that NaN fails too.
     if not 0.0 <= value <= 1.0:
         raise ValueError(f'Invalid {name}: {value} (must be in [0, 1])')
+    return float(value)
+
+
+def validate_review(value: Any, name: str = 'review') -> str:
+    """Check a review rule: one of :data:`REVIEWS`.
+
+    Raises:
+        ValueError: ``value`` is not one of them.
+    """
+    if not isinstance(value, str) or value not in REVIEWS:
+        raise ValueError(f'Invalid {name}: {value!r} (expected one of '
+                         f'{REVIEWS})')
+    return value
+
+
+def validate_l2sp(value: Any, name: str = 'l2sp') -> float:
+    """Check an L2-SP weight: a finite real number >= 0.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is negative, NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'Invalid {name}: {value!r} (expected a float >= 0, '
+                        f'got {type(value).__name__})')
+    if not 0.0 <= value < float('inf'):
+        raise ValueError(f'Invalid {name}: {value} (must be a finite float '
+                         '>= 0)')
     return float(value)
 
 
@@ -140,6 +175,8 @@ class _OLORMixin:
                  rollback: float = 0.0,
                  rollback_follows_lr: bool = True,
                  anchor_dtype: Union[None, str, torch.dtype] = None,
+                 review: str = 'olor',
+                 l2sp: float = 0.0,
                  **kwargs) -> None:
         validate_rollback(rollback)
         if not isinstance(rollback_follows_lr, bool):
@@ -149,7 +186,9 @@ class _OLORMixin:
         self._olor_defaults = dict(
             rollback=float(rollback),
             rollback_follows_lr=rollback_follows_lr,
-            anchor_dtype=validate_anchor_dtype(anchor_dtype))
+            anchor_dtype=validate_anchor_dtype(anchor_dtype),
+            review=validate_review(review),
+            l2sp=validate_l2sp(l2sp))
         super().__init__(params, *args, **kwargs)  # type: ignore[call-arg]
         del self._olor_defaults  # now in self.defaults
 
@@ -166,6 +205,8 @@ class _OLORMixin:
             raise TypeError(
                 f'Invalid rollback_follows_lr of param group {index}: '
                 f"{merged['rollback_follows_lr']!r} (expected a bool)")
+        validate_review(merged['review'], f'review of param group {index}')
+        validate_l2sp(merged['l2sp'], f'l2sp of param group {index}')
         if 'anchor_dtype' in param_group:
             param_group['anchor_dtype'] = validate_anchor_dtype(
                 param_group['anchor_dtype'],
@@ -203,9 +244,11 @@ class _OLORMixin:
 
     @staticmethod
     def _anchored(group: Dict[str, Any]) -> bool:
-        # A group keeps anchors when it rolls back now, or will once a
-        # ParamScheduler (which records `initial_rollback`) raises it.
-        return group['rollback'] > 0 or group.get('initial_rollback', 0) > 0
+        # A group keeps anchors when it rolls back or takes L2-SP now, or
+        # will once a ParamScheduler (which records `initial_rollback`)
+        # raises its rollback.
+        return (group['rollback'] > 0 or group.get('initial_rollback', 0) > 0
+                or group['l2sp'] > 0)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):
@@ -264,8 +307,31 @@ class _OLORMixin:
         torch_groups = [
             g for g, on in zip(self.param_groups, on_kernel) if not on
         ]
+
+        def anchor(p):
+            return self.state[p]['anchor'] if 'anchor' in self.state[p] \
+                else new_anchors[p]
+
+        # The review 'spd' compares the drift before and after the step:
+        # the "before" of the tensors it may review (a new anchor has none).
+        before = {}
+        for group, k, on in zip(self.param_groups, kappas, on_kernel):
+            if k == 0 or on or group['review'] != 'spd':
+                continue
+            params = [
+                p for p in group['params']
+                if p.grad is not None and 'anchor' in self.state[p]
+            ]
+            before.update(
+                zip(
+                    params,
+                    drift_before_step(
+                        params, [p.grad for p in params],
+                        [self.state[p]['anchor'] for p in params],
+                        maximize=group.get('maximize', False))))
         if torch_groups:
-            with self._only_groups(torch_groups):
+            with self._only_groups(torch_groups), \
+                    self._l2sp_grads(torch_groups, anchor):
                 self._torch_step()
         kernel_groups = [(g, k)
                          for g, k, on in zip(self.param_groups, kappas,
@@ -284,6 +350,13 @@ class _OLORMixin:
         for group, k, on in zip(self.param_groups, kappas, on_kernel):
             if k == 0 or on:
                 continue
+            if group['review'] == 'spd':
+                params = [p for p in group['params'] if p in before]
+                selective_rollback_(
+                    params, [self.state[p]['anchor'] for p in params],
+                    [before[p] for p in params],
+                    kappa=k)
+                continue
             params = [p for p in group['params'] if p.grad is not None]
             rollback_(
                 params, [self.state[p]['anchor'] for p in params],
@@ -293,18 +366,43 @@ class _OLORMixin:
                 foreach=True if group.get('fused') else group.get('foreach'))
         return loss
 
+    @contextlib.contextmanager
+    def _l2sp_grads(self, groups: List[Dict[str, Any]],
+                    anchor: Callable[[Tensor], Tensor]) -> Iterator[None]:
+        """Give torch's step the gradients with L2-SP's term, and the
+        params their own gradients back after it."""
+        saved = []
+        try:
+            for group in groups:
+                if group['l2sp'] == 0:
+                    continue
+                params = [p for p in group['params'] if p.grad is not None]
+                grads = l2sp_grads(
+                    params, [p.grad for p in params],
+                    [anchor(p) for p in params],
+                    alpha=group['l2sp'],
+                    maximize=group.get('maximize', False),
+                    grad_scale=getattr(self, 'grad_scale', None))
+                for p, grad in zip(params, grads):
+                    saved.append((p, p.grad))
+                    p.grad = grad
+            yield
+        finally:
+            for p, grad in saved:
+                p.grad = grad
+
     def _takes_kernel(self, group: Dict[str, Any], k: float) -> bool:
         """Whether a group takes OLOR's fused CPU kernel (else torch's step
         and then the review): the one place that picks the path.
 
-        The kernel takes groups that roll back, do not ask for
+        The kernel takes groups that roll back or take L2-SP, do not ask for
         ``foreach=False``, hold float32 weights on the CPU with contiguous
         weights, grads and state, keep float32 or bfloat16 anchors and (SGD
         with momentum) have their momentum buffers. Never under GradScaler's
         scaled step, ``torch.compile``, ``capturable``/``differentiable`` or
         a tensor lr: torch's step handles those.
         """
-        if k == 0 or cpu_kernel() is None:
+        if (k == 0 and group['l2sp'] == 0) or cpu_kernel() is None:
             return False
         if group.get('foreach') is False and not group.get('fused'):
             return False
@@ -402,20 +500,22 @@ class _OLORAdamMixin(_OLORMixin):
         decoupled = bool(
             group.get('decoupled_weight_decay', isinstance(self, AdamW)))
         hparams = (group['amsgrad'], beta1, beta2, group['lr'], group['eps'],
-                   group['weight_decay'], decoupled, k, group['maximize'])
+                   group['weight_decay'], decoupled, k, group['maximize'],
+                   group['l2sp'], group['review'] == 'spd' and k != 0)
         return hparams, list(lists)
 
     @staticmethod
     def _kernel_call(kernel, tensor_lists, hparams):
         params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, anchors = \
             tensor_lists
-        amsgrad, beta1, beta2, lr, eps, wd, decoupled, k, maximize = hparams
+        (amsgrad, beta1, beta2, lr, eps, wd, decoupled, k, maximize, l2sp,
+         spd) = hparams
         # The kernel counts the steps and derives each tensor's bias
         # corrections itself.
         kernel.olor_adam_(params, grads, exp_avgs, exp_avg_sqs,
                           max_sqs if amsgrad else [], steps, anchors, lr,
                           beta1, beta2, eps, wd, decoupled, k, amsgrad,
-                          maximize)
+                          maximize, l2sp, spd)
 
 
 class _OLORSGDMixin(_OLORMixin):
@@ -430,31 +530,36 @@ class _OLORSGDMixin(_OLORMixin):
         self._init_group(group, params, grads, bufs)
         hparams = (group['weight_decay'], group['momentum'],
                    group['dampening'], group['nesterov'], group['lr'], k,
-                   group['maximize'])
+                   group['maximize'], group['l2sp'],
+                   group['review'] == 'spd' and k != 0)
         return hparams, [params, grads,
                          bufs if group['momentum'] != 0 else []]
 
     @staticmethod
     def _kernel_call(kernel, tensor_lists, hparams):
         params, grads, bufs, anchors = tensor_lists
-        wd, momentum, dampening, nesterov, lr, k, maximize = hparams
-        kernel.olor_sgd_(params, grads, bufs, anchors, wd, momentum,
-                         dampening, nesterov, -(1 - k) * lr, k, maximize)
+        kernel.olor_sgd_(params, grads, bufs, anchors, *hparams)
 
 
 _math_doc = r"""
     .. math::
        \begin{aligned}
             &\textbf{input}: \theta_0 \text{ (params, also the anchor)},
-                \: r \text{ (rollback)}, \: \gamma_t \text{ (lr)},
+                \: r \text{ (rollback)}, \: \alpha \text{ (l2sp)},
+                \: \gamma_t \text{ (lr)},
                 \: \gamma_0 \text{ (initial lr)} \\
             &\textbf{for} \: t=1 \: \textbf{to} \: \ldots \: \textbf{do} \\
+            &\hspace{5mm}g_t \leftarrow \nabla L(\theta_{t-1})
+                + \alpha (\theta_{t-1} - \theta_0) \\
             &\hspace{5mm}\hat\theta_t \leftarrow
                 \text{%(base)s}(\theta_{t-1}, g_t)
                 \hspace{5mm}\textit{(one step learning)} \\
             &\hspace{5mm}\kappa_t \leftarrow \min(1, r \, \gamma_t / \gamma_0)
                 \quad (\kappa_t \leftarrow r \text{ when }
                 \texttt{rollback\_follows\_lr} \text{ is False}) \\
+            &\hspace{5mm}\textbf{if} \: \texttt{review} = \texttt{'spd'}:
+                \: \kappa_t \leftarrow \kappa_t \rho_t
+                \text{ (below), per tensor} \\
             &\hspace{5mm}\theta_t \leftarrow \hat\theta_t
                 - \kappa_t (\hat\theta_t - \theta_0)
                 \hspace{5mm}\textit{(one step review)} \\
@@ -466,12 +571,30 @@ _math_doc = r"""
     building the optimizer). It lives in ``optimizer.state[p]['anchor']``, so
     ``state_dict()`` saves it and a resumed run keeps it. Parameters whose
     grad is None are left untouched (no step, no review); groups with
-    ``rollback == 0`` take no review and store no anchor, and are exactly
-    :class:`torch.optim.%(base)s`.
+    ``rollback == 0`` and ``l2sp == 0`` take no review and store no anchor,
+    and are exactly :class:`torch.optim.%(base)s`.
 
-    ``rollback`` is an ordinary param-group key: set it per group (the
-    :class:`~mmolor.optim.OLOROptimWrapperConstructor` sets it layer by
-    layer) or schedule it with an mmengine ParamScheduler.
+    Review rules (``review``, a group setting):
+
+    - ``'olor'``: the paper's review, :math:`\kappa_t` as above.
+    - ``'spd'``: Selective Projection Decay's rule (Tian et al., NeurIPS
+      2024): per tensor, the review acts only when the gradient step moves
+      the tensor away from its anchor, :math:`g \cdot (\theta_{t-1} -
+      \theta_0) < 0` (``g`` the gradient of the minimised loss, without the
+      L2-SP and weight-decay terms), and only by the share of the new drift
+      the step added: :math:`\rho_t = \mathrm{clamp}((\|\hat\theta_t -
+      \theta_0\| - \|\theta_{t-1} - \theta_0\|) / \|\hat\theta_t -
+      \theta_0\|, 0, 1)`, else :math:`\rho_t = 0`. With a constant
+      ``rollback`` :math:`\lambda`, ``rollback_follows_lr=False`` and
+      ``weight_decay=0``, ``OLORAdam(review='spd')`` is AdamSPD with weight
+      decay :math:`\lambda`; with the constructor's layer-wise rollback it
+      is OLOR's depth profile with SPD's selectivity. Under FSDP the norms
+      and the condition are taken over each rank's shard of a tensor.
+
+    ``rollback``, ``review`` and ``l2sp`` are ordinary param-group keys: set
+    them per group (the :class:`~mmolor.optim.OLOROptimWrapperConstructor`
+    sets them layer by layer) or schedule ``rollback`` with an mmengine
+    ParamScheduler.
 
     Args:
         params (iterable): Parameters or param groups, as for
@@ -489,6 +612,12 @@ _math_doc = r"""
             memory. The review then pulls toward the anchor rounded to that
             dtype (for bfloat16, by at most 2**-8 of each weight). None keeps
             the parameter's dtype. Defaults to None.
+        review (str): The review rule, ``'olor'`` or ``'spd'`` (above).
+            Defaults to ``'olor'``.
+        l2sp (float): L2-SP's weight :math:`\alpha \ge 0`: the gradient
+            gets :math:`\alpha (\theta - \theta_0)` before the base step,
+            the gradient of :math:`\alpha / 2 \, \|\theta - \theta_0\|^2`
+            (Li et al., ICML 2018), with the same anchors. Defaults to 0.0.
 
     .. note::
         Speed. Groups that do not roll back are torch's optimizer. Groups

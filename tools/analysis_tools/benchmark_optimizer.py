@@ -20,7 +20,10 @@ take OLOR's fused CPU kernel (step and review in one pass) in ``foreach``,
 without the kernel or ``MMOLOR_CPU_KERNEL=0``: the first line printed says
 which) runs torch's own step in the same mode and then one multi-tensor
 review pass; ``bf16 anchor``
-adds ``anchor_dtype='bfloat16'``; the AdamB rows put OLOR-AdamW (weight decay
+adds ``anchor_dtype='bfloat16'``; ``spd`` rows take the review ``'spd'``
+(the gradients are the same every step, so every tensor moves away from its
+anchor and is reviewed: the rule's slowest case); the ``l2sp`` row takes
+L2-SP (weight 0.01) and no review; the AdamB rows put OLOR-AdamW (weight decay
 0, as AdamB has none) against the per-parameter AdamB loop. Columns: median ms
 per step of the twin and of OLOR, the median [first-third quartile] of the
 per-round ratios OLOR / twin, the bytes of optimizer state per parameter
@@ -85,6 +88,8 @@ SGD_ARGS = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
 # Rollback 0.01 at the initial lr, so kappa = rollback * lr_t / lr_0 = 0.01
 # at every step.
 ROLLBACK = 0.01
+# L2-SP's weight in the `l2sp` row (no review there).
+L2SP = 0.01
 
 
 class AdamBLoop(Optimizer):
@@ -225,10 +230,26 @@ def pairs(args) -> List[Tuple[str, str, str, Callable, Callable]]:
     out.append(('AdamW', 'default, bf16 anchor', 'torch AdamW default',
                 lambda p: AdamW(p, **ADAMW),
                 lambda p: OLORAdamW(p, **olor_adamw, anchor_dtype='bfloat16')))
+    # The review 'spd' (three passes on the kernel) and L2-SP without a
+    # review, against torch's fastest step; 'spd' on torch's path too.
+    spd_modes = [('fused', dict(fused=True))]
+    if not args.no_forloop:
+        spd_modes.insert(0, ('for-loop', dict(foreach=False)))
+    for mode, flags in spd_modes:
+        out.append(('AdamW', f'{mode}, spd', f'torch AdamW {mode}',
+                    lambda p, f=flags: AdamW(p, **ADAMW, **f),
+                    lambda p, f=flags: OLORAdamW(
+                        p, **olor_adamw, review='spd', **f)))
+    out.append(('AdamW', 'fused, l2sp', 'torch AdamW fused',
+                lambda p: AdamW(p, **ADAMW, fused=True),
+                lambda p: OLORAdamW(p, **ADAMW, l2sp=L2SP, fused=True)))
     for mode, flags in modes:
         out.append(('SGD', mode, 'torch SGD',
                     lambda p, f=flags: SGD(p, **SGD_ARGS, **f),
                     lambda p, f=flags: OLORSGD(p, **olor_sgd, **f)))
+    out.append(('SGD', 'fused, spd', 'torch SGD fused',
+                lambda p: SGD(p, **SGD_ARGS, fused=True),
+                lambda p: OLORSGD(p, **olor_sgd, review='spd', fused=True)))
     # OLOR-AdamW against the authors' formulation (weight decay 0 in both,
     # as AdamB has none).
     for mode, flags in [('default', {}), ('fused', dict(fused=True))]:

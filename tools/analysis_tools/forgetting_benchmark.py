@@ -18,10 +18,15 @@ statistics; downstream: the same digits, few or many training images),
 (upstream: digits 0-4; downstream: 5-9), with the methods
 
 - ``adamw``: full fine-tuning;
-- ``l2sp``: AdamW + alpha/2 ||theta - theta0||^2 on the backbone;
+- ``l2sp``: AdamW + alpha/2 ||theta - theta0||^2 on the backbone (OLOR's
+  ``l2sp`` setting: its gradient added in the optimizer);
 - ``llrd``: AdamW with stage-wise layer-wise lr decay;
 - ``olor``: OLOR-AdamW, r_max x power;
 - ``olor+llrd``: OLOR over the lr decay's constructor;
+- ``spd``: Selective Projection Decay (AdamSPD's rule, constant strength
+  lambda over the backbone: OLOR's ``review='spd'``);
+- ``olor-spd``: OLOR's layer-wise rollback, r_max x power, with SPD's
+  selective review;
 - ``wise-ft``: AdamW's fine-tuned backbone interpolated with the upstream
   one (no training).
 
@@ -49,6 +54,7 @@ Example:
 import argparse
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import os.path as osp
@@ -82,13 +88,14 @@ QUICK = dict(
     plan=[('det', 'related-few'), ('seg', 'related-few'),
           ('cls', 'shifted')],
     seeds=[0, 1, 2],
-    methods=['adamw', 'l2sp', 'llrd', 'olor'],
+    methods=['adamw', 'l2sp', 'llrd', 'olor', 'spd', 'olor-spd'],
     iters=dict(det=300, seg=500, cls=300),
     upstream_steps=600,
     l2sp_alpha=[0.01],
     llrd_decay=[0.7],
     r_max=[0.01],
     power=[1.0],
+    spd_lambda=[1.0],
     wise_alpha=[])
 FULL = dict(
     plan=list(itertools.product(TASKS, REGIMES)),
@@ -105,6 +112,7 @@ FULL = dict(
     llrd_decay=[0.7],
     r_max=[0.001, 0.003, 0.01],
     power=[1.0, 2.0],
+    spd_lambda=[0.1, 0.5, 1.0],
     wise_alpha=[0.5, 0.8])
 
 
@@ -171,6 +179,11 @@ def parse_args(argv=None):
         '--r-max', type=float, nargs='+', help='OLOR r_max values')
     parser.add_argument(
         '--power', type=float, nargs='+', help='OLOR power values')
+    parser.add_argument(
+        '--spd-lambda',
+        type=float,
+        nargs='+',
+        help='SPD strengths lambda in [0, 1] (the method spd)')
     parser.add_argument(
         '--wise-alpha',
         type=float,
@@ -240,8 +253,9 @@ def parse_args(argv=None):
     users = dict(
         l2sp_alpha=('l2sp', ),
         llrd_decay=('llrd', 'olor+llrd'),
-        r_max=('olor', 'olor+llrd'),
-        power=('olor', 'olor+llrd'),
+        r_max=('olor', 'olor+llrd', 'olor-spd'),
+        power=('olor', 'olor+llrd', 'olor-spd'),
+        spd_lambda=('spd', ),
         wise_alpha=('wise-ft', ))
     methods = args.methods or preset['methods']
     for key, used_by in users.items():
@@ -255,7 +269,7 @@ def parse_args(argv=None):
     if args.crops is not None and 'cls' not in planned:
         parser.error('--crops is for the task cls, not in the run')
     for key in ('seeds', 'methods', 'upstream_steps', 'l2sp_alpha',
-                'llrd_decay', 'r_max', 'power', 'wise_alpha'):
+                'llrd_decay', 'r_max', 'power', 'spd_lambda', 'wise_alpha'):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
     # Iterations per planned (task, regime): the preset's, then --iters
@@ -278,11 +292,26 @@ def parse_args(argv=None):
         if not args.wise_alpha:
             parser.error('wise-ft needs --wise-alpha')
     for name in ('seeds', 'methods', 'l2sp_alpha', 'llrd_decay', 'r_max',
-                 'power', 'wise_alpha'):
+                 'power', 'spd_lambda', 'wise_alpha'):
         values = getattr(args, name)
         if len(set(values)) != len(values):
             parser.error(f"--{name.replace('_', '-')}: repeated values "
                          f'{values}')
+    ranges = dict(
+        r_max=(0, 1, '0 <= x <= 1'),
+        spd_lambda=(0, 1, '0 <= x <= 1'),
+        power=(0, math.inf, 'x >= 0, finite'),
+        l2sp_alpha=(0, math.inf, 'x >= 0, finite'),
+        wise_alpha=(0, 1, '0 <= x <= 1'))
+    for name, (low, high, text) in ranges.items():
+        bad = [v for v in getattr(args, name) if not low <= v <= high
+               or not math.isfinite(v)]
+        if bad:
+            parser.error(f"--{name.replace('_', '-')}: invalid value(s) "
+                         f'{bad} (expected {text})')
+    if [d for d in args.llrd_decay if not 0 < d <= 1]:
+        parser.error(f'--llrd-decay: invalid value(s) {args.llrd_decay} '
+                     '(expected 0 < x <= 1)')
     if args.upstream_steps < 1:
         parser.error(f'--upstream-steps: {args.upstream_steps} (expected '
                      '>= 1)')
@@ -322,6 +351,11 @@ def settings(args):
             out += [('olor+llrd', dict(r_max=r, power=p, decay=d))
                     for r, p, d in itertools.product(
                         args.r_max, args.power, args.llrd_decay)]
+        elif method == 'olor-spd':
+            out += [('olor-spd', dict(r_max=r, power=p))
+                    for r, p in itertools.product(args.r_max, args.power)]
+        elif method == 'spd':
+            out += [('spd', dict(lam=lam)) for lam in args.spd_lambda]
     return out
 
 

@@ -6,17 +6,23 @@
 // parameter); this kernel reads the anchor as well (32 bytes), where torch's
 // fused step followed by a separate review moves 40.
 //
-// Per element (the same expansion as OLOR's multi-tensor update in
+// Per element (the same update as torch's step followed by mmolor's review,
 // mmolor/optim/_functional.py):
 //
-//   Adam:  g = sign * grad + wd * theta       (wd: coupled decay, else 0)
+//   Adam:  g = sign * grad + l2sp * (theta - anchor) + wd * theta
+//                                              (wd: coupled decay, else 0)
 //          m += (g - m) * (1 - beta1)
 //          v  = beta2 * v + (1 - beta2) * g * g        (amsgrad: vmax)
 //          theta = decay * theta + kappa * anchor + coef * m / (sqrt(v) + eps)
-//   SGD:   g = sign * grad + wd * theta
+//   SGD:   g = sign * grad + l2sp * (theta - anchor) + wd * theta
 //          b = momentum * b + (1 - dampening) * g     (if momentum)
 //          d = nesterov ? g + momentum * b : b        (g without momentum)
 //          theta = (1 - kappa) * theta + kappa * anchor + coef * d
+//
+// The review 'olor' is the kappa terms above, in the same pass. The review
+// 'spd' needs two sums over each whole tensor, so it takes three passes
+// (NOTE [spd passes]): the sums of the drift, the step (kappa 0) with the
+// norm of the new drift, then the review of the tensors it applies to.
 //
 // Only float32 weights (the master weights under AMP too), contiguous, with
 // float32 or bfloat16 anchors; mmolor checks every tensor before it calls in
@@ -34,6 +40,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -61,11 +68,15 @@ struct Chunk {
   int64_t tensor, begin, end;
 };
 
+// The chunks of the tensors whose `selected` entry is nonzero (all when
+// `selected` is empty).
 std::vector<Chunk> make_chunks(const std::vector<at::Tensor>& params,
+                               const std::vector<char>& selected,
                                int64_t* total) {
   std::vector<Chunk> chunks;
   *total = 0;
   for (size_t i = 0; i < params.size(); ++i) {
+    if (!selected.empty() && !selected[i]) continue;
     const int64_t numel = params[i].numel();
     *total += numel;
     for (int64_t b = 0; b < numel; b += kChunk) {
@@ -75,13 +86,14 @@ std::vector<Chunk> make_chunks(const std::vector<at::Tensor>& params,
   return chunks;
 }
 
+// Calls f(chunk, index) for every chunk.
 template <typename F>
 void run_chunks(const std::vector<Chunk>& chunks, int64_t total, const F& f) {
   const int64_t n = static_cast<int64_t>(chunks.size());
   const int64_t threads = at::get_num_threads();
   if (n < 2 || total < kParallelNumel || threads < 2 ||
       at::in_parallel_region()) {
-    for (const auto& c : chunks) f(c);
+    for (int64_t i = 0; i < n; ++i) f(chunks[i], i);
     return;
   }
   std::atomic<int64_t> next{0};
@@ -89,9 +101,22 @@ void run_chunks(const std::vector<Chunk>& chunks, int64_t total, const F& f) {
   at::parallel_for(0, std::min(threads, n), 1, [&](int64_t, int64_t) {
     for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
          i = next.fetch_add(1, std::memory_order_relaxed)) {
-      f(chunks[i]);
+      f(chunks[i], i);
     }
   });
+}
+
+// Per-chunk partial sums (`width` per chunk) added up per tensor.
+std::vector<double> sum_by_tensor(const std::vector<Chunk>& chunks,
+                                  const std::vector<double>& partial,
+                                  size_t tensors, int width) {
+  std::vector<double> sums(tensors * width, 0.0);
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    for (int k = 0; k < width; ++k) {
+      sums[chunks[c].tensor * width + k] += partial[c * width + k];
+    }
+  }
+  return sums;
 }
 
 inline float load(const float* a, int64_t i) { return a[i]; }
@@ -103,12 +128,76 @@ inline float load(const uint16_t* a, int64_t i) {  // bfloat16 -> float32
   return value;
 }
 
+// What a step pass does with the anchor: nothing (plain step), read it (the
+// review 'olor' in the pass, L2-SP), or read it and return the sum of
+// squares of the new drift theta - anchor (the review 'spd').
+enum Pass { kPlain = 0, kAnchored = 1, kTracked = 2 };
+
+template <typename F>
+void with_pass(int pass, const F& f) {
+  if (pass == kPlain) {
+    f(std::integral_constant<int, kPlain>{});
+  } else if (pass == kAnchored) {
+    f(std::integral_constant<int, kAnchored>{});
+  } else {
+    f(std::integral_constant<int, kTracked>{});
+  }
+}
+
+template <typename F>
+void with_bool(bool value, const F& f) {
+  if (value) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// Sums over [begin, end) in kLanes float accumulators (so the compiler can
+// vectorise without reordering a single sum), moved into doubles every
+// kFlush elements: sum (theta - anchor)^2 and, with kDot, sum grad *
+// (theta - anchor).
+constexpr int kLanes = 16;
+constexpr int64_t kFlush = 1024;
+
+template <typename anchor_t, bool kDot>
+MMOLOR_CLONES void drift_sums(const float* __restrict param,
+                              const float* __restrict grad,
+                              const anchor_t* __restrict anchor,
+                              int64_t begin, int64_t end, double* sq,
+                              double* dot) {
+  double sq_total = 0, dot_total = 0;
+  for (int64_t b = begin; b < end; b += kFlush) {
+    const int64_t e = std::min(end, b + kFlush);
+    float sq_lane[kLanes] = {0}, dot_lane[kLanes] = {0};
+    int64_t i = b;
+    for (; i + kLanes <= e; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const float d = param[i + l] - load(anchor, i + l);
+        sq_lane[l] += d * d;
+        if (kDot) dot_lane[l] += grad[i + l] * d;
+      }
+    }
+    for (; i < e; ++i) {
+      const float d = param[i] - load(anchor, i);
+      sq_lane[0] += d * d;
+      if (kDot) dot_lane[0] += grad[i] * d;
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      sq_total += sq_lane[l];
+      dot_total += dot_lane[l];
+    }
+  }
+  *sq = sq_total;
+  if (kDot) *dot = dot_total;
+}
+
 struct AdamScalars {
-  float sign, weight_decay, one_minus_beta1, beta2, one_minus_beta2, eps,
-      decay, kappa, coef;
+  float sign, l2sp, weight_decay, one_minus_beta1, beta2, one_minus_beta2,
+      eps, decay, kappa, coef;
 };
 
-template <typename anchor_t, bool amsgrad>
+template <typename anchor_t, bool amsgrad, int pass>
 MMOLOR_CLONES void adam_block(float* __restrict param,
                               const float* __restrict grad,
                               float* __restrict exp_avg,
@@ -118,7 +207,10 @@ MMOLOR_CLONES void adam_block(float* __restrict param,
                               int64_t end, AdamScalars s) {
   for (int64_t i = begin; i < end; ++i) {
     const float theta = param[i];
-    const float g = s.sign * grad[i] + s.weight_decay * theta;
+    const float a = pass == kPlain ? 0.0f : load(anchor, i);
+    float g = s.sign * grad[i];
+    if (pass != kPlain) g += s.l2sp * (theta - a);
+    g += s.weight_decay * theta;
     float m = exp_avg[i];
     m += (g - m) * s.one_minus_beta1;
     exp_avg[i] = m;
@@ -128,16 +220,17 @@ MMOLOR_CLONES void adam_block(float* __restrict param,
       v = std::max(max_exp_avg_sq[i], v);
       max_exp_avg_sq[i] = v;
     }
-    param[i] = s.decay * theta + s.kappa * load(anchor, i) +
+    param[i] = s.decay * theta + s.kappa * a +
                s.coef * m / (std::sqrt(v) + s.eps);
   }
 }
 
 struct SGDScalars {
-  float sign, weight_decay, momentum, one_minus_dampening, keep, kappa, coef;
+  float sign, l2sp, weight_decay, momentum, one_minus_dampening, keep, kappa,
+      coef;
 };
 
-template <typename anchor_t, bool use_momentum, bool nesterov>
+template <typename anchor_t, bool use_momentum, bool nesterov, int pass>
 MMOLOR_CLONES void sgd_block(float* __restrict param,
                              const float* __restrict grad,
                              float* __restrict buf,
@@ -145,13 +238,26 @@ MMOLOR_CLONES void sgd_block(float* __restrict param,
                              int64_t end, SGDScalars s) {
   for (int64_t i = begin; i < end; ++i) {
     const float theta = param[i];
-    float d = s.sign * grad[i] + s.weight_decay * theta;
+    const float a = pass == kPlain ? 0.0f : load(anchor, i);
+    float d = s.sign * grad[i];
+    if (pass != kPlain) d += s.l2sp * (theta - a);
+    d += s.weight_decay * theta;
     if (use_momentum) {
       const float b = s.momentum * buf[i] + s.one_minus_dampening * d;
       buf[i] = b;
       d = nesterov ? d + s.momentum * b : b;
     }
-    param[i] = s.keep * theta + s.kappa * load(anchor, i) + s.coef * d;
+    param[i] = s.keep * theta + s.kappa * a + s.coef * d;
+  }
+}
+
+// theta <- theta - kappa * (theta - anchor), the review 'spd' after its step.
+template <typename anchor_t>
+MMOLOR_CLONES void review_block(float* __restrict param,
+                                const anchor_t* __restrict anchor,
+                                int64_t begin, int64_t end, float kappa) {
+  for (int64_t i = begin; i < end; ++i) {
+    param[i] -= kappa * (param[i] - load(anchor, i));
   }
 }
 
@@ -208,18 +314,104 @@ double increment_step(at::Tensor& step) {
   return *value;
 }
 
-const uint16_t* bf16_data(const at::Tensor& t) {
-  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
-}
-
 struct AnchorPtr {
   const float* f32;
   const uint16_t* bf16;
 };
 
 AnchorPtr anchor_ptr(const at::Tensor& t) {
-  if (t.scalar_type() == at::kBFloat16) return {nullptr, bf16_data(t)};
+  if (t.scalar_type() == at::kBFloat16) {
+    return {nullptr,
+            reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>())};
+  }
   return {t.data_ptr<float>(), nullptr};
+}
+
+// Calls f(anchor) with the anchor's typed pointer.
+template <typename F>
+void with_anchor(const AnchorPtr& a, const F& f) {
+  if (a.bf16 != nullptr) {
+    f(a.bf16);
+  } else {
+    f(a.f32);
+  }
+}
+
+struct SpdSums {
+  std::vector<char> moving_away;  // g . (theta - anchor) < 0
+  std::vector<double> drift;      // |theta - anchor|
+};
+
+// NOTE [spd passes]: the review 'spd' of a tensor needs the sign of
+// g . (theta_{t-1} - anchor) and the norms of the drift before and after
+// the step, sums over the whole tensor: pass 1 (spd_sums) reads grad,
+// weight and anchor; pass 2 is the step without review (tensors moving
+// away from their anchor also sum their new drift, a read of the chunk just
+// written); pass 3 (spd_review) reviews the tensors whose kappa is nonzero.
+// Every pass runs all chunks in one parallel region.
+SpdSums spd_sums(const std::vector<at::Tensor>& params,
+                 const std::vector<at::Tensor>& grads,
+                 const std::vector<AnchorPtr>& anchors, float sign) {
+  int64_t total = 0;
+  const auto chunks = make_chunks(params, {}, &total);
+  std::vector<double> partial(chunks.size() * 2);
+  run_chunks(chunks, total, [&](const Chunk& c, int64_t index) {
+    const float* p = params[c.tensor].data_ptr<float>();
+    const float* g = grads[c.tensor].data_ptr<float>();
+    with_anchor(anchors[c.tensor], [&](auto a) {
+      drift_sums<std::remove_const_t<std::remove_pointer_t<decltype(a)>>,
+                 true>(p, g, a, c.begin, c.end, &partial[2 * index],
+                       &partial[2 * index + 1]);
+    });
+  });
+  const auto sums = sum_by_tensor(chunks, partial, params.size(), 2);
+  SpdSums out;
+  for (size_t i = 0; i < params.size(); ++i) {
+    out.drift.push_back(std::sqrt(sums[2 * i]));
+    out.moving_away.push_back(sign * sums[2 * i + 1] < 0);
+  }
+  return out;
+}
+
+// The per-tensor kappa of the review 'spd' from the new drifts' sums of
+// squares, then pass 3.
+void spd_review(const std::vector<at::Tensor>& params,
+                const std::vector<AnchorPtr>& anchors, const SpdSums& before,
+                const std::vector<double>& new_sq, double kappa) {
+  std::vector<float> kappas(params.size(), 0.0f);
+  std::vector<char> selected(params.size(), 0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const double now = std::sqrt(new_sq[i]);
+    if (!before.moving_away[i] || !(now > 0)) continue;
+    const double ratio =
+        std::min(1.0, std::max(0.0, (now - before.drift[i]) / now));
+    kappas[i] = static_cast<float>(kappa * ratio);
+    selected[i] = kappas[i] != 0.0f;
+  }
+  int64_t total = 0;
+  const auto chunks = make_chunks(params, selected, &total);
+  run_chunks(chunks, total, [&](const Chunk& c, int64_t) {
+    float* p = params[c.tensor].data_ptr<float>();
+    with_anchor(anchors[c.tensor], [&](auto a) {
+      review_block(p, a, c.begin, c.end, kappas[c.tensor]);
+    });
+  });
+}
+
+// The pass of each tensor's step: 'olor' and L2-SP read the anchor; 'spd'
+// sums the new drift of the tensors moving away from their anchor.
+std::vector<int> step_passes(size_t n, bool anchored, const SpdSums* spd) {
+  std::vector<int> passes(n, anchored ? kAnchored : kPlain);
+  for (size_t i = 0; spd != nullptr && i < n; ++i) {
+    if (spd->moving_away[i]) passes[i] = kTracked;
+  }
+  return passes;
+}
+
+// The new drift's sum of squares of a chunk just stepped (pass kTracked).
+template <typename anchor_t>
+void track(const float* p, const anchor_t* a, const Chunk& c, double* out) {
+  drift_sums<anchor_t, false>(p, nullptr, a, c.begin, c.end, out, nullptr);
 }
 
 }  // namespace
@@ -227,11 +419,13 @@ AnchorPtr anchor_ptr(const at::Tensor& t) {
 // Every check runs before the first tensor is written: a bad input changes
 // nothing, the step counts included.
 //
-// The scalars of each tensor follow its own step count t (b1 = 1 - beta1^t,
-// b2 = sqrt(1 - beta2^t)): eps' = eps * b2 and coef = -(1 - kappa) * lr /
-// b1 * b2, computed in double exactly as mmolor's Python helper
-// (_adam_step_scalars) computes them; decay = (1 - kappa) * (1 - lr * wd)
-// for decoupled weight decay, else 1 - kappa with wd coupled into g.
+// `kappa` is the group's rollback fraction of this step; `l2sp` adds
+// l2sp * (theta - anchor) to the gradient; `spd` picks the review 'spd'
+// (else 'olor'). The scalars of each tensor follow its own step count t
+// (b1 = 1 - beta1^t, b2 = sqrt(1 - beta2^t)): eps' = eps * b2 and coef =
+// -(1 - k) * lr / b1 * b2, computed in double, with k the kappa of the pass
+// (0 for 'spd', whose review is a pass of its own); decay = (1 - k) * (1 -
+// lr * wd) for decoupled weight decay, else 1 - k with wd coupled into g.
 void olor_adam_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                 std::vector<at::Tensor> exp_avgs,
                 std::vector<at::Tensor> exp_avg_sqs,
@@ -240,7 +434,7 @@ void olor_adam_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                 std::vector<at::Tensor> anchors, double lr, double beta1,
                 double beta2, double eps, double weight_decay,
                 bool decoupled_weight_decay, double kappa, bool amsgrad,
-                bool maximize) {
+                bool maximize, double l2sp, bool spd) {
   check_list(params, params, "params");
   check_list(grads, params, "grads");
   check_list(exp_avgs, params, "exp_avgs");
@@ -257,14 +451,20 @@ void olor_adam_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
   }
   check_steps(state_steps, params.size());
 
-  const double decay = decoupled_weight_decay
-                           ? (1 - kappa) * (1 - lr * weight_decay)
-                           : 1 - kappa;
+  const float sign = maximize ? -1.0f : 1.0f;
+  std::vector<AnchorPtr> anchor_ptrs;
+  for (const auto& a : anchors) anchor_ptrs.push_back(anchor_ptr(a));
+  SpdSums before;
+  if (spd) before = spd_sums(params, grads, anchor_ptrs, sign);
+  const double k = spd ? 0.0 : kappa;  // the kappa of the step pass
+  const double decay = decoupled_weight_decay ? (1 - k) * (1 - lr * weight_decay)
+                                              : 1 - k;
   const double coupled_decay = decoupled_weight_decay ? 0.0 : weight_decay;
+  const auto passes =
+      step_passes(params.size(), k != 0 || l2sp != 0, spd ? &before : nullptr);
   struct Tensors {
     float *p, *m, *v, *vmax;
     const float* g;
-    AnchorPtr a;
     AdamScalars s;
   };
   std::vector<Tensors> tensors;
@@ -273,46 +473,49 @@ void olor_adam_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     const double step = increment_step(state_steps[i]);
     const double bc1 = 1 - std::pow(beta1, step);
     const double bc2_sqrt = std::sqrt(1 - std::pow(beta2, step));
-    const AdamScalars s{maximize ? -1.0f : 1.0f,
+    const AdamScalars s{sign,
+                        static_cast<float>(l2sp),
                         static_cast<float>(coupled_decay),
                         static_cast<float>(1.0 - beta1),
                         static_cast<float>(beta2),
                         static_cast<float>(1.0 - beta2),
                         static_cast<float>(eps * bc2_sqrt),
                         static_cast<float>(decay),
-                        static_cast<float>(kappa),
-                        static_cast<float>(-(1 - kappa) * lr / bc1 * bc2_sqrt)};
+                        static_cast<float>(k),
+                        static_cast<float>(-(1 - k) * lr / bc1 * bc2_sqrt)};
     tensors.push_back({params[i].data_ptr<float>(),
                        exp_avgs[i].data_ptr<float>(),
                        exp_avg_sqs[i].data_ptr<float>(),
                        amsgrad ? max_exp_avg_sqs[i].data_ptr<float>() : nullptr,
-                       grads[i].data_ptr<float>(), anchor_ptr(anchors[i]), s});
+                       grads[i].data_ptr<float>(), s});
   }
   int64_t total = 0;
-  const auto chunks = make_chunks(params, &total);
-  run_chunks(chunks, total, [&](const Chunk& c) {
+  const auto chunks = make_chunks(params, {}, &total);
+  std::vector<double> new_sq(spd ? chunks.size() : 0, 0.0);
+  run_chunks(chunks, total, [&](const Chunk& c, int64_t index) {
     const Tensors& t = tensors[c.tensor];
-    if (t.a.bf16 != nullptr && amsgrad) {
-      adam_block<uint16_t, true>(t.p, t.g, t.m, t.v, t.vmax, t.a.bf16, c.begin,
-                                 c.end, t.s);
-    } else if (t.a.bf16 != nullptr) {
-      adam_block<uint16_t, false>(t.p, t.g, t.m, t.v, t.vmax, t.a.bf16,
-                                  c.begin, c.end, t.s);
-    } else if (amsgrad) {
-      adam_block<float, true>(t.p, t.g, t.m, t.v, t.vmax, t.a.f32, c.begin,
-                              c.end, t.s);
-    } else {
-      adam_block<float, false>(t.p, t.g, t.m, t.v, t.vmax, t.a.f32, c.begin,
-                               c.end, t.s);
-    }
+    with_anchor(anchor_ptrs[c.tensor], [&](auto a) {
+      using anchor_t = std::remove_const_t<std::remove_pointer_t<decltype(a)>>;
+      with_pass(passes[c.tensor], [&](auto pass) {
+        with_bool(amsgrad, [&](auto ams) {
+          adam_block<anchor_t, decltype(ams)::value, decltype(pass)::value>(
+              t.p, t.g, t.m, t.v, t.vmax, a, c.begin, c.end, t.s);
+        });
+        if (decltype(pass)::value == kTracked) track(t.p, a, c, &new_sq[index]);
+      });
+    });
   });
+  if (spd) {
+    spd_review(params, anchor_ptrs, before,
+               sum_by_tensor(chunks, new_sq, params.size(), 1), kappa);
+  }
 }
 
 void olor_sgd_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                std::vector<at::Tensor> momentum_buffers,
                std::vector<at::Tensor> anchors, double weight_decay,
-               double momentum, double dampening, bool nesterov, double coef,
-               double kappa, bool maximize) {
+               double momentum, double dampening, bool nesterov, double lr,
+               double kappa, bool maximize, double l2sp, bool spd) {
   const bool use_momentum = momentum != 0.0;
   check_list(params, params, "params");
   check_list(grads, params, "grads");
@@ -324,55 +527,49 @@ void olor_sgd_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     check_list(momentum_buffers, params, "momentum_buffers");
     check_float32(momentum_buffers, "momentum_buffers");
   }
-  const SGDScalars s{maximize ? -1.0f : 1.0f,
+  const float sign = maximize ? -1.0f : 1.0f;
+  std::vector<AnchorPtr> anchor_ptrs;
+  for (const auto& a : anchors) anchor_ptrs.push_back(anchor_ptr(a));
+  SpdSums before;
+  if (spd) before = spd_sums(params, grads, anchor_ptrs, sign);
+  const double k = spd ? 0.0 : kappa;
+  const auto passes =
+      step_passes(params.size(), k != 0 || l2sp != 0, spd ? &before : nullptr);
+  const SGDScalars s{sign,
+                     static_cast<float>(l2sp),
                      static_cast<float>(weight_decay),
                      static_cast<float>(momentum),
                      static_cast<float>(1.0 - dampening),
-                     static_cast<float>(1.0 - kappa),
-                     static_cast<float>(kappa),
-                     static_cast<float>(coef)};
-  struct Tensors {
-    float *p, *buf;
-    const float* g;
-    AnchorPtr a;
-  };
-  std::vector<Tensors> tensors;
-  tensors.reserve(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    tensors.push_back(
-        {params[i].data_ptr<float>(),
-         use_momentum ? momentum_buffers[i].data_ptr<float>() : nullptr,
-         grads[i].data_ptr<float>(), anchor_ptr(anchors[i])});
-  }
+                     static_cast<float>(1.0 - k),
+                     static_cast<float>(k),
+                     static_cast<float>(-(1 - k) * lr)};
   int64_t total = 0;
-  const auto chunks = make_chunks(params, &total);
-  run_chunks(chunks, total, [&](const Chunk& c) {
-    const Tensors& t = tensors[c.tensor];
-    const bool bf16 = t.a.bf16 != nullptr;
-    if (!use_momentum) {
-      if (bf16) {
-        sgd_block<uint16_t, false, false>(t.p, t.g, t.buf, t.a.bf16, c.begin,
-                                          c.end, s);
-      } else {
-        sgd_block<float, false, false>(t.p, t.g, t.buf, t.a.f32, c.begin,
-                                       c.end, s);
-      }
-    } else if (nesterov) {
-      if (bf16) {
-        sgd_block<uint16_t, true, true>(t.p, t.g, t.buf, t.a.bf16, c.begin,
-                                        c.end, s);
-      } else {
-        sgd_block<float, true, true>(t.p, t.g, t.buf, t.a.f32, c.begin, c.end,
-                                     s);
-      }
-    } else if (bf16) {
-      sgd_block<uint16_t, true, false>(t.p, t.g, t.buf, t.a.bf16, c.begin,
-                                       c.end, s);
-    } else {
-      sgd_block<float, true, false>(t.p, t.g, t.buf, t.a.f32, c.begin, c.end,
-                                    s);
-    }
+  const auto chunks = make_chunks(params, {}, &total);
+  std::vector<double> new_sq(spd ? chunks.size() : 0, 0.0);
+  run_chunks(chunks, total, [&](const Chunk& c, int64_t index) {
+    float* p = params[c.tensor].data_ptr<float>();
+    const float* g = grads[c.tensor].data_ptr<float>();
+    float* buf =
+        use_momentum ? momentum_buffers[c.tensor].data_ptr<float>() : nullptr;
+    with_anchor(anchor_ptrs[c.tensor], [&](auto a) {
+      using anchor_t = std::remove_const_t<std::remove_pointer_t<decltype(a)>>;
+      with_pass(passes[c.tensor], [&](auto pass) {
+        constexpr int P = decltype(pass)::value;
+        if (!use_momentum) {
+          sgd_block<anchor_t, false, false, P>(p, g, buf, a, c.begin, c.end, s);
+        } else if (nesterov) {
+          sgd_block<anchor_t, true, true, P>(p, g, buf, a, c.begin, c.end, s);
+        } else {
+          sgd_block<anchor_t, true, false, P>(p, g, buf, a, c.begin, c.end, s);
+        }
+        if (P == kTracked) track(p, a, c, &new_sq[index]);
+      });
+    });
   });
+  if (spd) {
+    spd_review(params, anchor_ptrs, before,
+               sum_by_tensor(chunks, new_sq, params.size(), 1), kappa);
+  }
 }
 
 // The number of threads a parallel region of this library runs on: 1 when
