@@ -11,13 +11,11 @@
   config (:func:`method_config`).
 """
 import copy
-import importlib
 import os.path as osp
 from typing import Dict, NamedTuple, Sequence, Tuple
 
 from mmengine.config import Config
 
-from .l2sp import l2sp_model_cfg
 
 __all__ = [
     'Regime', 'REGIMES', 'Task', 'TASKS', 'METHODS', 'task_config',

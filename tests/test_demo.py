@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import Registry
 from pycocotools.coco import COCO
 from torch import nn
 
 import mmolor.engine  # noqa: F401  until mmolor imports it itself
 from benchmarks.datasets import (load_digit_split, render_digits,
                                  write_digit_scenes)
-from benchmarks.l2sp import L2SPMixin, l2sp_model_cfg
 from benchmarks.protocol import DEMO_CONFIGS, Upstream, measure_backbone
 from benchmarks.report import (demo_tables, format_table, plot_drift,
                                summarize)
@@ -180,57 +178,6 @@ def test_measure_backbone_drift_and_scores(upstream):
         float(0.1 * w.norm() / stem_norm), rel=1e-6)
     assert by_layer['layer3.1'] == pytest.approx(0.2, rel=1e-6)
     assert sum(v > 0 for v in by_layer.values()) == 2
-
-
-class _ToyDetector(nn.Module):
-
-    def __init__(self, width=3):
-        super().__init__()
-        self.backbone = nn.Linear(width, 2)
-        self.head = nn.Linear(2, 1)
-
-    def loss(self, x):
-        return dict(loss_task=self.head(self.backbone(x)).sum())
-
-
-def test_l2sp_loss_term_matches_a_hand_computation():
-    registry = Registry('toy models')
-    registry.register_module(module=_ToyDetector)
-    cfg = l2sp_model_cfg(
-        dict(type='_ToyDetector', width=3), alpha=0.3, registry=registry)
-    assert cfg == dict(
-        type='L2SP_ToyDetector',
-        width=3,
-        l2sp_alpha=0.3,
-        l2sp_scope=['backbone'])
-    model = registry.build(cfg)
-    assert isinstance(model, L2SPMixin) and isinstance(model, _ToyDetector)
-    x = torch.ones(1, 3)
-    losses = model.loss(x)  # anchors taken here: penalty 0
-    assert set(losses) == {'loss_task', 'loss_l2sp'}
-    assert losses['loss_l2sp'].item() == 0.0
-    theta0 = [p.detach().clone() for p in model.backbone.parameters()]
-    with torch.no_grad():
-        model.backbone.weight.add_(0.5)
-        model.backbone.bias.sub_(torch.tensor([1.0, 2.0]))
-        model.head.weight.mul_(3)  # outside the scope: no penalty
-    losses = model.loss(x)
-    hand = 0.5 * 0.3 * sum(
-        float((p.detach() - p0).square().sum())
-        for p, p0 in zip(model.backbone.parameters(), theta0))
-    assert hand == pytest.approx(0.5 * 0.3 * (6 * 0.25 + 1 + 4))
-    assert losses['loss_l2sp'].item() == pytest.approx(hand)
-    losses['loss_l2sp'].backward()
-    # d/dw alpha/2 ||w - w0||^2 = alpha (w - w0)
-    torch.testing.assert_close(model.backbone.weight.grad,
-                               torch.full((2, 3), 0.3 * 0.5))
-    assert model.head.weight.grad is None
-    # Registering twice reuses the class; bad alphas fail.
-    assert l2sp_model_cfg(
-        dict(type='_ToyDetector'), 1.0,
-        registry=registry)['type'] == 'L2SP_ToyDetector'
-    with pytest.raises(ValueError, match='l2sp_alpha'):
-        registry.build(dict(cfg, l2sp_alpha=-1.0))
 
 
 def test_report_table_and_plot(tmp_path):
