@@ -123,7 +123,8 @@ def write_pretrained(path):
     return str(path)
 
 
-def tiny_config(path, optimizer, extra='', load_from=None):
+def tiny_config(path, optimizer, extra='', load_from=None,
+                review='olor', l2sp=None):
     """A 4-iteration run of TinyOLORNet from ``load_from``, checkpoints
     every 2; the backbone rolls back (0.2 at the first tensor down to 0.05),
     the head does not. The lr schedule ends at 4 whatever max_iters is, so
@@ -144,7 +145,8 @@ optim_wrapper = dict(
     constructor='OLOROptimWrapperConstructor',
     optimizer={optimizer},
     paramwise_cfg=dict(
-        rollback=dict(max=0.2, min=0.05, power=1.0, layer='tensor'),
+        rollback=dict(max=0.2, min=0.05, power=1.0, layer='tensor',
+                      review={review!r}),{f' l2sp={l2sp!r},' if l2sp else ''}
         bias_decay_mult=0.0))
 param_scheduler = dict(type='LinearLR', start_factor=0.5, by_epoch=False,
                        begin=0, end=4)
@@ -290,6 +292,36 @@ def test_zero_config_form_shards_anchors_and_matches_unsharded(
     assert_anchors_are_pretrained(
         {n: s['anchor'] for n, s in zero_state.items() if 'anchor' in s},
         pretrained)
+
+
+def test_zero_with_spd_review_and_l2sp_matches_unsharded(
+        pretrained, tmp_path):
+    """The review 'spd' (per-tensor norms and condition) and L2-SP under
+    ZeRO: each rank holds whole tensors, so the weights and every optimizer
+    state equal the unsharded run's, bit for bit."""
+    options = dict(review='spd', l2sp=dict(alpha=0.5))
+    ends = {}
+    for name, optimizer in (('zero', ZERO), ('plain', UNSHARDED)):
+        config = tiny_config(tmp_path / f'{name}.py', optimizer,
+                             load_from=pretrained, **options)
+        log = dist_train(config, tmp_path / name)
+        assert "review='spd'" in log and 'OLOR L2-SP: alpha=0.5' in log
+        ends[name] = load(tmp_path / name / 'iter_4.pth')
+    for key, value in ends['zero']['state_dict'].items():
+        assert torch.equal(value, ends['plain']['state_dict'][key]), key
+    zero_state, plain_state = (by_name(ends['zero']['optimizer']),
+                               by_name(ends['plain']['optimizer']))
+    assert_same_state(zero_state, plain_state, param_names())
+    groups = ends['zero']['optimizer']['param_groups']
+    assert {g['review'] for g in groups} == {'spd'}
+    assert {g['l2sp'] for g in groups} == {0.5, 0.0}
+    # The review moved the weights: not the plain 'olor' run's.
+    olor = tiny_config(tmp_path / 'olor.py', UNSHARDED, load_from=pretrained,
+                       l2sp=dict(alpha=0.5))
+    dist_train(olor, tmp_path / 'olor')
+    olor_end = load(tmp_path / 'olor' / 'iter_4.pth')['state_dict']
+    assert any(not torch.equal(v, olor_end[k])
+               for k, v in ends['plain']['state_dict'].items())
 
 
 def test_zero_resume_is_bit_exact(pretrained, tmp_path):
