@@ -54,6 +54,9 @@ class OLORDriftHook(Hook):
       whose rollback follows the lr), averaged over the stage's parameters
       weighted by their size; 0 for parameters outside the optimizer and
       for non-OLOR optimizers, so plain AdamW runs log their drift too.
+      Under the review ``'spd'`` it is the group's rollback fraction, the
+      most a tensor's kappa can be (each tensor's own kappa depends on its
+      step and is not kept).
 
     The values go to the runner's logger (one line) and visualizer
     (``add_scalars``), so TensorBoard or any other configured backend shows
