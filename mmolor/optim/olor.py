@@ -10,7 +10,7 @@ pre-trained weights ("one step review"). A group takes one of two paths,
 chosen in one place (``_OLORMixin._takes_kernel``):
 
 - OLOR's fused CPU kernel (``csrc/olor_cpu.cpp``): step and review in one
-  pass over memory (three for the review ``'spd'``), where it applies
+  pass over memory (two for the review ``'spd'``), where it applies
   (float32 weights on the CPU, unless ``foreach=False``);
 - otherwise torch's own step, in whatever mode the group asks for
   (for-loop, foreach or fused), followed by the review (:func:`rollback_`).

@@ -230,7 +230,7 @@ def pairs(args) -> List[Tuple[str, str, str, Callable, Callable]]:
     out.append(('AdamW', 'default, bf16 anchor', 'torch AdamW default',
                 lambda p: AdamW(p, **ADAMW),
                 lambda p: OLORAdamW(p, **olor_adamw, anchor_dtype='bfloat16')))
-    # The review 'spd' (three passes on the kernel) and L2-SP without a
+    # The review 'spd' (two passes on the kernel) and L2-SP without a
     # review, against torch's fastest step; 'spd' on torch's path too.
     spd_modes = [('fused', dict(fused=True))]
     if not args.no_forloop:

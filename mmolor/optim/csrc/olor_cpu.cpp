@@ -20,9 +20,9 @@
 //          theta = (1 - kappa) * theta + kappa * anchor + coef * d
 //
 // The review 'olor' is the kappa terms above, in the same pass. The review
-// 'spd' needs two sums over each whole tensor, so it takes three passes
-// (NOTE [spd passes]): the sums of the drift, the step (kappa 0) with the
-// norm of the new drift, then the review of the tensors it applies to.
+// 'spd' needs sums over each whole tensor, so it takes two passes (NOTE
+// [spd passes]): the step (kappa 0) with the sums, then the review of the
+// tensors it applies to.
 //
 // Only float32 weights (the master weights under AMP too), contiguous, with
 // float32 or bfloat16 anchors; mmolor checks every tensor before it calls in
@@ -129,8 +129,8 @@ inline float load(const uint16_t* a, int64_t i) {  // bfloat16 -> float32
 }
 
 // What a step pass does with the anchor: nothing (plain step), read it (the
-// review 'olor' in the pass, L2-SP), or read it and return the sum of
-// squares of the new drift theta - anchor (the review 'spd').
+// review 'olor' in the pass, L2-SP), or read it and sum what the review
+// 'spd' needs (NOTE [spd passes]).
 enum Pass { kPlain = 0, kAnchored = 1, kTracked = 2 };
 
 template <typename F>
@@ -153,43 +153,50 @@ void with_bool(bool value, const F& f) {
   }
 }
 
-// Sums over [begin, end) in kLanes float accumulators (so the compiler can
-// vectorise without reordering a single sum), moved into doubles every
-// kFlush elements: sum (theta - anchor)^2 and, with kDot, sum grad *
-// (theta - anchor).
+// The sums of pass kTracked, per chunk: grad . (theta_{t-1} - anchor),
+// |theta_{t-1} - anchor|^2 and |theta_t - anchor|^2.
+constexpr int kSums = 3;
+
+// Runs `update(i, theta, a)`, which returns the new weight, over [begin,
+// end). Pass kTracked also adds the kSums sums into `sums`, in kLanes float
+// accumulators (so the compiler can vectorise without reordering a single
+// sum) moved into doubles every kFlush elements.
 constexpr int kLanes = 16;
 constexpr int64_t kFlush = 1024;
 
-template <typename anchor_t, bool kDot>
-MMOLOR_CLONES void drift_sums(const float* __restrict param,
-                              const float* __restrict grad,
-                              const anchor_t* __restrict anchor,
-                              int64_t begin, int64_t end, double* sq,
-                              double* dot) {
-  double sq_total = 0, dot_total = 0;
+template <int pass, typename anchor_t, typename Update>
+inline void step_range(float* __restrict param, const float* __restrict grad,
+                       const anchor_t* __restrict anchor, int64_t begin,
+                       int64_t end, double* sums, const Update& update) {
+  if (pass != kTracked) {
+    for (int64_t i = begin; i < end; ++i) {
+      param[i] = update(i, param[i], pass == kPlain ? 0.0f : load(anchor, i));
+    }
+    return;
+  }
   for (int64_t b = begin; b < end; b += kFlush) {
     const int64_t e = std::min(end, b + kFlush);
-    float sq_lane[kLanes] = {0}, dot_lane[kLanes] = {0};
+    float dot[kLanes] = {0}, old_sq[kLanes] = {0}, new_sq[kLanes] = {0};
+    auto one = [&](int64_t i, int l) {
+      const float theta = param[i], a = load(anchor, i);
+      const float before = theta - a;
+      dot[l] += grad[i] * before;
+      old_sq[l] += before * before;
+      const float now = update(i, theta, a);
+      param[i] = now;
+      new_sq[l] += (now - a) * (now - a);
+    };
     int64_t i = b;
     for (; i + kLanes <= e; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const float d = param[i + l] - load(anchor, i + l);
-        sq_lane[l] += d * d;
-        if (kDot) dot_lane[l] += grad[i + l] * d;
-      }
+      for (int l = 0; l < kLanes; ++l) one(i + l, l);
     }
-    for (; i < e; ++i) {
-      const float d = param[i] - load(anchor, i);
-      sq_lane[0] += d * d;
-      if (kDot) dot_lane[0] += grad[i] * d;
-    }
+    for (; i < e; ++i) one(i, 0);
     for (int l = 0; l < kLanes; ++l) {
-      sq_total += sq_lane[l];
-      dot_total += dot_lane[l];
+      sums[0] += dot[l];
+      sums[1] += old_sq[l];
+      sums[2] += new_sq[l];
     }
   }
-  *sq = sq_total;
-  if (kDot) *dot = dot_total;
 }
 
 struct AdamScalars {
@@ -204,10 +211,9 @@ MMOLOR_CLONES void adam_block(float* __restrict param,
                               float* __restrict exp_avg_sq,
                               float* __restrict max_exp_avg_sq,
                               const anchor_t* __restrict anchor, int64_t begin,
-                              int64_t end, AdamScalars s) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float theta = param[i];
-    const float a = pass == kPlain ? 0.0f : load(anchor, i);
+                              int64_t end, AdamScalars s, double* sums) {
+  step_range<pass>(param, grad, anchor, begin, end, sums,
+                   [&](int64_t i, float theta, float a) {
     float g = s.sign * grad[i];
     if (pass != kPlain) g += s.l2sp * (theta - a);
     g += s.weight_decay * theta;
@@ -220,9 +226,8 @@ MMOLOR_CLONES void adam_block(float* __restrict param,
       v = std::max(max_exp_avg_sq[i], v);
       max_exp_avg_sq[i] = v;
     }
-    param[i] = s.decay * theta + s.kappa * a +
-               s.coef * m / (std::sqrt(v) + s.eps);
-  }
+    return s.decay * theta + s.kappa * a + s.coef * m / (std::sqrt(v) + s.eps);
+  });
 }
 
 struct SGDScalars {
@@ -235,10 +240,9 @@ MMOLOR_CLONES void sgd_block(float* __restrict param,
                              const float* __restrict grad,
                              float* __restrict buf,
                              const anchor_t* __restrict anchor, int64_t begin,
-                             int64_t end, SGDScalars s) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float theta = param[i];
-    const float a = pass == kPlain ? 0.0f : load(anchor, i);
+                             int64_t end, SGDScalars s, double* sums) {
+  step_range<pass>(param, grad, anchor, begin, end, sums,
+                   [&](int64_t i, float theta, float a) {
     float d = s.sign * grad[i];
     if (pass != kPlain) d += s.l2sp * (theta - a);
     d += s.weight_decay * theta;
@@ -247,8 +251,8 @@ MMOLOR_CLONES void sgd_block(float* __restrict param,
       buf[i] = b;
       d = nesterov ? d + s.momentum * b : b;
     }
-    param[i] = s.keep * theta + s.kappa * a + s.coef * d;
-  }
+    return s.keep * theta + s.kappa * a + s.coef * d;
+  });
 }
 
 // theta <- theta - kappa * (theta - anchor), the review 'spd' after its step.
@@ -337,54 +341,29 @@ void with_anchor(const AnchorPtr& a, const F& f) {
   }
 }
 
-struct SpdSums {
-  std::vector<char> moving_away;  // g . (theta - anchor) < 0
-  std::vector<double> drift;      // |theta - anchor|
-};
-
 // NOTE [spd passes]: the review 'spd' of a tensor needs the sign of
 // g . (theta_{t-1} - anchor) and the norms of the drift before and after
-// the step, sums over the whole tensor: pass 1 (spd_sums) reads grad,
-// weight and anchor; pass 2 is the step without review (tensors moving
-// away from their anchor also sum their new drift, a read of the chunk just
-// written); pass 3 (spd_review) reviews the tensors whose kappa is nonzero.
-// Every pass runs all chunks in one parallel region.
-SpdSums spd_sums(const std::vector<at::Tensor>& params,
-                 const std::vector<at::Tensor>& grads,
-                 const std::vector<AnchorPtr>& anchors, float sign) {
-  int64_t total = 0;
-  const auto chunks = make_chunks(params, {}, &total);
-  std::vector<double> partial(chunks.size() * 2);
-  run_chunks(chunks, total, [&](const Chunk& c, int64_t index) {
-    const float* p = params[c.tensor].data_ptr<float>();
-    const float* g = grads[c.tensor].data_ptr<float>();
-    with_anchor(anchors[c.tensor], [&](auto a) {
-      drift_sums<std::remove_const_t<std::remove_pointer_t<decltype(a)>>,
-                 true>(p, g, a, c.begin, c.end, &partial[2 * index],
-                       &partial[2 * index + 1]);
-    });
-  });
-  const auto sums = sum_by_tensor(chunks, partial, params.size(), 2);
-  SpdSums out;
-  for (size_t i = 0; i < params.size(); ++i) {
-    out.drift.push_back(std::sqrt(sums[2 * i]));
-    out.moving_away.push_back(sign * sums[2 * i + 1] < 0);
-  }
-  return out;
-}
-
-// The per-tensor kappa of the review 'spd' from the new drifts' sums of
-// squares, then pass 3.
+// the step: sums over the whole tensor, known once its last chunk has
+// stepped. Pass 1 is the step without review (kappa 0), which sums them as
+// it goes (pass kTracked: it reads what the review 'olor' reads); pass 2
+// (spd_review) reviews the tensors whose kappa is nonzero, reading their
+// weights and anchors only. Each pass runs all chunks in one parallel
+// region.
+//
+// The per-tensor kappa from pass 1's per-chunk sums, then pass 2.
 void spd_review(const std::vector<at::Tensor>& params,
-                const std::vector<AnchorPtr>& anchors, const SpdSums& before,
-                const std::vector<double>& new_sq, double kappa) {
+                const std::vector<AnchorPtr>& anchors,
+                const std::vector<Chunk>& step_chunks,
+                const std::vector<double>& partial, float sign,
+                double kappa) {
+  const auto sums = sum_by_tensor(step_chunks, partial, params.size(), kSums);
   std::vector<float> kappas(params.size(), 0.0f);
   std::vector<char> selected(params.size(), 0);
   for (size_t i = 0; i < params.size(); ++i) {
-    const double now = std::sqrt(new_sq[i]);
-    if (!before.moving_away[i] || !(now > 0)) continue;
-    const double ratio =
-        std::min(1.0, std::max(0.0, (now - before.drift[i]) / now));
+    const double* t = &sums[kSums * i];
+    const double before = std::sqrt(t[1]), now = std::sqrt(t[2]);
+    if (!(sign * t[0] < 0) || !(now > 0)) continue;  // not moving away
+    const double ratio = std::min(1.0, std::max(0.0, (now - before) / now));
     kappas[i] = static_cast<float>(kappa * ratio);
     selected[i] = kappas[i] != 0.0f;
   }
@@ -396,22 +375,6 @@ void spd_review(const std::vector<at::Tensor>& params,
       review_block(p, a, c.begin, c.end, kappas[c.tensor]);
     });
   });
-}
-
-// The pass of each tensor's step: 'olor' and L2-SP read the anchor; 'spd'
-// sums the new drift of the tensors moving away from their anchor.
-std::vector<int> step_passes(size_t n, bool anchored, const SpdSums* spd) {
-  std::vector<int> passes(n, anchored ? kAnchored : kPlain);
-  for (size_t i = 0; spd != nullptr && i < n; ++i) {
-    if (spd->moving_away[i]) passes[i] = kTracked;
-  }
-  return passes;
-}
-
-// The new drift's sum of squares of a chunk just stepped (pass kTracked).
-template <typename anchor_t>
-void track(const float* p, const anchor_t* a, const Chunk& c, double* out) {
-  drift_sums<anchor_t, false>(p, nullptr, a, c.begin, c.end, out, nullptr);
 }
 
 }  // namespace
@@ -454,14 +417,11 @@ void olor_adam_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
   const float sign = maximize ? -1.0f : 1.0f;
   std::vector<AnchorPtr> anchor_ptrs;
   for (const auto& a : anchors) anchor_ptrs.push_back(anchor_ptr(a));
-  SpdSums before;
-  if (spd) before = spd_sums(params, grads, anchor_ptrs, sign);
   const double k = spd ? 0.0 : kappa;  // the kappa of the step pass
   const double decay = decoupled_weight_decay ? (1 - k) * (1 - lr * weight_decay)
                                               : 1 - k;
   const double coupled_decay = decoupled_weight_decay ? 0.0 : weight_decay;
-  const auto passes =
-      step_passes(params.size(), k != 0 || l2sp != 0, spd ? &before : nullptr);
+  const int pass = spd ? kTracked : (k != 0 || l2sp != 0) ? kAnchored : kPlain;
   struct Tensors {
     float *p, *m, *v, *vmax;
     const float* g;
@@ -491,24 +451,21 @@ void olor_adam_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
   }
   int64_t total = 0;
   const auto chunks = make_chunks(params, {}, &total);
-  std::vector<double> new_sq(spd ? chunks.size() : 0, 0.0);
+  std::vector<double> partial(spd ? kSums * chunks.size() : 0, 0.0);
   run_chunks(chunks, total, [&](const Chunk& c, int64_t index) {
     const Tensors& t = tensors[c.tensor];
+    double* sums = spd ? &partial[kSums * index] : nullptr;
     with_anchor(anchor_ptrs[c.tensor], [&](auto a) {
       using anchor_t = std::remove_const_t<std::remove_pointer_t<decltype(a)>>;
-      with_pass(passes[c.tensor], [&](auto pass) {
+      with_pass(pass, [&](auto P) {
         with_bool(amsgrad, [&](auto ams) {
-          adam_block<anchor_t, decltype(ams)::value, decltype(pass)::value>(
-              t.p, t.g, t.m, t.v, t.vmax, a, c.begin, c.end, t.s);
+          adam_block<anchor_t, decltype(ams)::value, decltype(P)::value>(
+              t.p, t.g, t.m, t.v, t.vmax, a, c.begin, c.end, t.s, sums);
         });
-        if (decltype(pass)::value == kTracked) track(t.p, a, c, &new_sq[index]);
       });
     });
   });
-  if (spd) {
-    spd_review(params, anchor_ptrs, before,
-               sum_by_tensor(chunks, new_sq, params.size(), 1), kappa);
-  }
+  if (spd) spd_review(params, anchor_ptrs, chunks, partial, sign, kappa);
 }
 
 void olor_sgd_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
@@ -530,11 +487,8 @@ void olor_sgd_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
   const float sign = maximize ? -1.0f : 1.0f;
   std::vector<AnchorPtr> anchor_ptrs;
   for (const auto& a : anchors) anchor_ptrs.push_back(anchor_ptr(a));
-  SpdSums before;
-  if (spd) before = spd_sums(params, grads, anchor_ptrs, sign);
-  const double k = spd ? 0.0 : kappa;
-  const auto passes =
-      step_passes(params.size(), k != 0 || l2sp != 0, spd ? &before : nullptr);
+  const double k = spd ? 0.0 : kappa;  // the kappa of the step pass
+  const int pass = spd ? kTracked : (k != 0 || l2sp != 0) ? kAnchored : kPlain;
   const SGDScalars s{sign,
                      static_cast<float>(l2sp),
                      static_cast<float>(weight_decay),
@@ -545,31 +499,31 @@ void olor_sgd_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
                      static_cast<float>(-(1 - k) * lr)};
   int64_t total = 0;
   const auto chunks = make_chunks(params, {}, &total);
-  std::vector<double> new_sq(spd ? chunks.size() : 0, 0.0);
+  std::vector<double> partial(spd ? kSums * chunks.size() : 0, 0.0);
   run_chunks(chunks, total, [&](const Chunk& c, int64_t index) {
     float* p = params[c.tensor].data_ptr<float>();
     const float* g = grads[c.tensor].data_ptr<float>();
     float* buf =
         use_momentum ? momentum_buffers[c.tensor].data_ptr<float>() : nullptr;
+    double* sums = spd ? &partial[kSums * index] : nullptr;
     with_anchor(anchor_ptrs[c.tensor], [&](auto a) {
       using anchor_t = std::remove_const_t<std::remove_pointer_t<decltype(a)>>;
-      with_pass(passes[c.tensor], [&](auto pass) {
-        constexpr int P = decltype(pass)::value;
+      with_pass(pass, [&](auto pass_t) {
+        constexpr int P = decltype(pass_t)::value;
         if (!use_momentum) {
-          sgd_block<anchor_t, false, false, P>(p, g, buf, a, c.begin, c.end, s);
+          sgd_block<anchor_t, false, false, P>(p, g, buf, a, c.begin, c.end, s,
+                                               sums);
         } else if (nesterov) {
-          sgd_block<anchor_t, true, true, P>(p, g, buf, a, c.begin, c.end, s);
+          sgd_block<anchor_t, true, true, P>(p, g, buf, a, c.begin, c.end, s,
+                                             sums);
         } else {
-          sgd_block<anchor_t, true, false, P>(p, g, buf, a, c.begin, c.end, s);
+          sgd_block<anchor_t, true, false, P>(p, g, buf, a, c.begin, c.end, s,
+                                              sums);
         }
-        if (P == kTracked) track(p, a, c, &new_sq[index]);
       });
     });
   });
-  if (spd) {
-    spd_review(params, anchor_ptrs, before,
-               sum_by_tensor(chunks, new_sq, params.size(), 1), kappa);
-  }
+  if (spd) spd_review(params, anchor_ptrs, chunks, partial, sign, kappa);
 }
 
 // The number of threads a parallel region of this library runs on: 1 when
