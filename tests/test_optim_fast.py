@@ -205,14 +205,15 @@ def test_per_parameter_groups_are_batched(monkeypatch):
     rollback still apply.
     """
     calls = []
-    kernel_call = olor_module._OLORAdamMixin._kernel_call
+    kernel = olor_module.cpu_kernel()
 
-    def spy_kernel(kernel, tensor_lists, hparams):
-        calls.append(len(tensor_lists[0]))
-        return kernel_call(kernel, tensor_lists, hparams)
+    class Spy:
 
-    monkeypatch.setattr(olor_module._OLORAdamMixin, '_kernel_call',
-                        staticmethod(spy_kernel))
+        def olor_adam_(self, params, *args):
+            calls.append(len(params))
+            return kernel.olor_adam_(params, *args)
+
+    monkeypatch.setattr(olor_module, 'cpu_kernel', lambda: Spy())
     kwargs = dict(fused=True)
     params = make_params(torch.float32)[:6]
     expected = [2, 2, 2]  # (lr, rollback) pairs shared by 2, 2, 2

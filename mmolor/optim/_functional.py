@@ -1,23 +1,138 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-"""The review of OLOR's optimizers on its own (the classes are in
-``olor.py``).
+"""OLOR's step on tensor lists (the classes, in ``olor.py``, collect the
+lists of each param group as torch's optimizers do).
 
-:func:`rollback_` pulls the parameters back toward their anchors after
-torch's own step (the review ``'olor'``); :func:`drift_before_step` and
-:func:`selective_rollback_` are the review ``'spd'``; :func:`l2sp_grads`
-adds L2-SP's term to the gradients. The other path, OLOR's fused CPU
-kernel, does the step and the review together in ``csrc/olor_cpu.cpp``.
+:func:`olor_adam` and :func:`olor_sgd` take one step of a list of tensors
+on one of two paths: OLOR's fused CPU kernel (``csrc/olor_cpu.cpp``: step
+and review together), or torch's own functional step followed by the
+review. :func:`rollback_` is the review ``'olor'``; :func:`drift_before_step`
+and :func:`selective_rollback_` are the review ``'spd'``; :func:`l2sp_grads`
+adds L2-SP's term to the gradients.
 """
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam
+from torch.optim.adamw import adamw
 from torch.optim.optimizer import _default_to_fused_or_foreach
+from torch.optim.sgd import sgd
+
 
 __all__ = [
-    'rollback_', 'drift_before_step', 'selective_rollback_', 'l2sp_grads'
+    'olor_adam', 'olor_sgd', 'rollback_', 'drift_before_step',
+    'selective_rollback_', 'l2sp_grads'
 ]
+
+
+def olor_adam(params: List[Tensor], grads: List[Tensor],
+              exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+              max_exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
+              anchors: List[Tensor], *, kernel: Optional[Any], kappa: float,
+              review: str, l2sp: float, amsgrad: bool, beta1: float,
+              beta2: float, lr: float, weight_decay: float, eps: float,
+              maximize: bool, decoupled_weight_decay: bool,
+              **torch_options) -> None:
+    """Functional API of OLOR-Adam / OLOR-AdamW: one step and review.
+
+    ``kernel``, OLOR's compiled kernel module (``cpu_kernel()``), takes the
+    step and the review where it is given (the caller has checked that the
+    tensors suit it, see ``_OLORMixin._takes_kernel``); otherwise torch's
+    ``adamw`` / ``adam`` takes the step with ``torch_options``
+    (``foreach``, ``fused``, ``grad_scale``, ... as torch's ``Adam.step``
+    passes them), then the review. ``anchors`` may be empty when ``kappa``
+    and ``l2sp`` are 0.
+    """
+    spd = review == 'spd' and kappa != 0
+    if kernel is not None:
+        kernel.olor_adam_(params, grads, exp_avgs, exp_avg_sqs,
+                                max_exp_avg_sqs if amsgrad else [],
+                                state_steps, anchors, lr, beta1, beta2, eps,
+                                weight_decay, decoupled_weight_decay, kappa,
+                                amsgrad, maximize, l2sp, spd)
+        return
+    grads, before = _before_step(params, grads, anchors, spd, l2sp,
+                                 maximize, torch_options.get('grad_scale'))
+    step = adamw if decoupled_weight_decay else adam
+    step(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        amsgrad=amsgrad,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize,
+        **torch_options)
+    _review(params, anchors, kappa, before, torch_options)
+
+
+def olor_sgd(params: List[Tensor], grads: List[Tensor],
+             momentum_buffer_list: List[Optional[Tensor]],
+             anchors: List[Tensor], *, kernel: Optional[Any], kappa: float,
+             review: str, l2sp: float, weight_decay: float, momentum: float,
+             lr: float, dampening: float, nesterov: bool, maximize: bool,
+             **torch_options) -> None:
+    """Functional API of OLOR-SGD: one step and review (see
+    :func:`olor_adam`). New momentum buffers are in
+    ``momentum_buffer_list`` afterwards, as with torch's ``sgd``."""
+    spd = review == 'spd' and kappa != 0
+    if kernel is not None:
+        kernel.olor_sgd_(params, grads,
+                               momentum_buffer_list if momentum != 0 else [],
+                               anchors, weight_decay, momentum, dampening,
+                               nesterov, lr, kappa, maximize, l2sp, spd)
+        return
+    grads, before = _before_step(params, grads, anchors, spd, l2sp,
+                                 maximize, torch_options.get('grad_scale'))
+    sgd(params,
+        grads,
+        momentum_buffer_list,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        lr=lr,
+        dampening=dampening,
+        nesterov=nesterov,
+        maximize=maximize,
+        **torch_options)
+    _review(params, anchors, kappa, before, torch_options)
+
+
+def _before_step(params, grads, anchors, spd, l2sp, maximize, grad_scale):
+    """The grads for torch's step (with L2-SP's term) and what the review
+    'spd' needs from before the step (a new anchor has no drift: not
+    moving away, no review)."""
+    before = drift_before_step(
+        params, grads, anchors, maximize=maximize) if spd else None
+    if l2sp != 0:
+        grads = l2sp_grads(
+            params,
+            grads,
+            anchors,
+            alpha=l2sp,
+            maximize=maximize,
+            grad_scale=grad_scale)
+    return grads, before
+
+
+def _review(params, anchors, kappa, before, torch_options) -> None:
+    """The review after torch's step: 'spd' where ``before`` is given."""
+    if kappa == 0:
+        return
+    if before is not None:
+        selective_rollback_(params, anchors, before, kappa=kappa)
+        return
+    # Fused base steps get the foreach review (one launch per bucket);
+    # otherwise follow the group's own choice.
+    foreach = True if torch_options.get('fused') else torch_options.get(
+        'foreach')
+    rollback_(params, anchors, kappa=kappa, foreach=foreach)
 
 
 def rollback_(params: List[Tensor],

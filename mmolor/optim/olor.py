@@ -18,8 +18,7 @@ chosen in one place (``_OLORMixin._takes_kernel``):
 Both compute the same update up to floating-point rounding;
 ``tests/reference.py`` is the literal version they are tested against.
 """
-import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from mmengine.registry import OPTIMIZERS
@@ -27,8 +26,7 @@ from torch import Tensor
 from torch.optim import SGD, Adam, AdamW
 
 from ._cpu_kernel import cpu_kernel
-from ._functional import (drift_before_step, l2sp_grads, rollback_,
-                          selective_rollback_)
+from ._functional import olor_adam, olor_sgd, rollback_
 
 __all__ = ['OLORAdamW', 'OLORAdam', 'OLORSGD', 'rollback_']
 
@@ -166,8 +164,6 @@ class _OLORMixin:
     param_groups: List[Dict[str, Any]]
     state: Dict[Tensor, Dict[str, Any]]
     defaults: Dict[str, Any]
-    # The torch optimizer whose step is "one step learning".
-    _torch_optimizer: type
 
     def __init__(self,
                  params,
@@ -258,6 +254,10 @@ class _OLORMixin:
             closure (Callable, optional): A closure that reevaluates the model
                 and returns the loss. Defaults to None.
         """
+        # As torch's Adam.step: a warning when a CUDA graph is captured with
+        # `capturable=False` (the method's older name before torch 2.6).
+        getattr(self, '_accelerator_graph_capture_health_check',
+                getattr(self, '_cuda_graph_capture_health_check', None))()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -299,97 +299,48 @@ class _OLORMixin:
                     continue
                 group['initial_lr'] = group['lr']
             kappas.append(rollback_fraction(group))
-        on_kernel = [
-            self._takes_kernel(group, k)
-            for group, k in zip(self.param_groups, kappas)
-        ]
+        # GradScaler hands fused optimizers `found_inf` and lets torch's
+        # fused step skip the update; the review skips with it.
+        found_inf = getattr(self, 'found_inf', None)
+        skip_review = found_inf is not None and found_inf.item() != 0
+        torch_options = dict(
+            grad_scale=getattr(self, 'grad_scale', None), found_inf=found_inf)
 
-        torch_groups = [
-            g for g, on in zip(self.param_groups, on_kernel) if not on
-        ]
-
-        def anchor(p):
-            return self.state[p]['anchor'] if 'anchor' in self.state[p] \
-                else new_anchors[p]
-
-        # The review 'spd' compares the drift before and after the step:
-        # the "before" of the tensors it may review (a new anchor has none).
-        before = {}
-        for group, k, on in zip(self.param_groups, kappas, on_kernel):
-            if k == 0 or on or group['review'] != 'spd':
+        # Per group, the tensor lists (as torch's `step` collects them) and
+        # one functional call: on the kernel, groups with equal settings
+        # share one call (mmengine's constructor makes a group per
+        # parameter, and per-call overhead would add up); torch's step runs
+        # per group, as in torch.
+        batches: Dict[Tuple, List[List[Tensor]]] = {}
+        for group, k in zip(self.param_groups, kappas):
+            tensors, options = self._group_tensors(group)
+            params = tensors[0]
+            if not params:
                 continue
-            params = [
-                p for p in group['params']
-                if p.grad is not None and 'anchor' in self.state[p]
-            ]
-            before.update(
-                zip(
-                    params,
-                    drift_before_step(
-                        params, [p.grad for p in params],
-                        [self.state[p]['anchor'] for p in params],
-                        maximize=group.get('maximize', False))))
-        if torch_groups:
-            with self._only_groups(torch_groups), \
-                    self._l2sp_grads(torch_groups, anchor):
-                self._torch_step()
-        kernel_groups = [(g, k)
-                         for g, k, on in zip(self.param_groups, kappas,
-                                             on_kernel) if on]
-        if kernel_groups:
-            self._kernel_step(kernel_groups, new_anchors)
+            anchors = [
+                self.state[p]['anchor']
+                if 'anchor' in self.state[p] else new_anchors[p]
+                for p in params
+            ] if self._anchored(group) else []
+            options.update(
+                kappa=0.0 if skip_review else k,
+                review=group['review'],
+                l2sp=group['l2sp'])
+            if self._takes_kernel(group, k):
+                batch = batches.setdefault(
+                    tuple(sorted(options.items())),
+                    [[] for _ in range(len(tensors) + 1)])
+                for out, lst in zip(batch, tensors + [anchors]):
+                    out.extend(lst)
+                continue
+            options.update(self._torch_options(group), **torch_options)
+            self._functional(*tensors, anchors, kernel=None, **options)
+            self._after_step(tensors)
+        for key, tensor_lists in batches.items():
+            self._functional(*tensor_lists, kernel=cpu_kernel(), **dict(key))
         for p, anchor in new_anchors.items():
             self.state[p]['anchor'] = anchor
-
-        # GradScaler hands fused optimizers `found_inf` and lets the fused
-        # kernel skip the update; the review must skip with it.
-        found_inf = getattr(self, 'found_inf', None)
-        if found_inf is not None and found_inf.item() != 0:
-            return loss
-
-        for group, k, on in zip(self.param_groups, kappas, on_kernel):
-            if k == 0 or on:
-                continue
-            if group['review'] == 'spd':
-                params = [p for p in group['params'] if p in before]
-                selective_rollback_(
-                    params, [self.state[p]['anchor'] for p in params],
-                    [before[p] for p in params],
-                    kappa=k)
-                continue
-            params = [p for p in group['params'] if p.grad is not None]
-            rollback_(
-                params, [self.state[p]['anchor'] for p in params],
-                kappa=k,
-                # Fused base steps get the foreach review (one launch per
-                # bucket); otherwise follow the group's own choice.
-                foreach=True if group.get('fused') else group.get('foreach'))
         return loss
-
-    @contextlib.contextmanager
-    def _l2sp_grads(self, groups: List[Dict[str, Any]],
-                    anchor: Callable[[Tensor], Tensor]) -> Iterator[None]:
-        """Give torch's step the gradients with L2-SP's term, and the
-        params their own gradients back after it."""
-        saved = []
-        try:
-            for group in groups:
-                if group['l2sp'] == 0:
-                    continue
-                params = [p for p in group['params'] if p.grad is not None]
-                grads = l2sp_grads(
-                    params, [p.grad for p in params],
-                    [anchor(p) for p in params],
-                    alpha=group['l2sp'],
-                    maximize=group.get('maximize', False),
-                    grad_scale=getattr(self, 'grad_scale', None))
-                for p, grad in zip(params, grads):
-                    saved.append((p, p.grad))
-                    p.grad = grad
-            yield
-        finally:
-            for p, grad in saved:
-                p.grad = grad
 
     def _takes_kernel(self, group: Dict[str, Any], k: float) -> bool:
         """Whether a group takes OLOR's fused CPU kernel (else torch's step
@@ -434,111 +385,83 @@ class _OLORMixin:
                 return False
         return True
 
-    def _torch_step(self) -> None:
-        """torch's own step, without the step hooks: torch wraps the step of
-        every optimizer class it instantiates with the hook runner, so
-        calling ``super().step()`` would run the hooks a second time once
-        the torch twin has been instantiated. They run once, around OLOR's
-        step."""
-        step = self._torch_optimizer.step
-        if getattr(step, 'hooked', False):
-            step = step.__wrapped__
-        step(self)
+    # Implemented per base optimizer below: a group's tensor lists (torch's
+    # `_init_group`, which creates missing state) with the functional
+    # step's settings, the settings only torch's step takes, the functional
+    # step, and what torch's `step` does after it.
+    _group_tensors: Callable[..., Tuple[List[List[Any]], Dict[str, Any]]]
+    _torch_options: Callable[..., Dict[str, Any]]
+    _functional: Callable[..., None]
 
-    @contextlib.contextmanager
-    def _only_groups(self, groups: List[Dict[str, Any]]) -> Iterator[None]:
-        """Let torch's ``step`` see only ``groups``."""
-        saved = self.param_groups
-        self.param_groups = groups
-        try:
-            yield
-        finally:
-            self.param_groups = saved
-
-    def _kernel_step(self, items: List[Tuple[Dict[str, Any], float]],
-                     new_anchors: Dict[Tensor, Tensor]) -> None:
-        """Step and review of ``items`` (pairs of a group and its kappa) in
-        OLOR's fused CPU kernel.
-
-        Groups with the same hyper-parameters and kappa share one call:
-        mmengine's constructor makes one group per parameter, and per-call
-        overhead would otherwise add up.
-        """
-        batches: Dict[Tuple, List[List[Tensor]]] = {}
-        for group, k in items:
-            hparams, tensor_lists = self._kernel_args(group, k)
-            params = tensor_lists[0]
-            tensor_lists.append([
-                self.state[p]['anchor']
-                if 'anchor' in self.state[p] else new_anchors[p]
-                for p in params
-            ])
-            batch = batches.setdefault(hparams, [[] for _ in tensor_lists])
-            for out, tensors in zip(batch, tensor_lists):
-                out.extend(tensors)
-        kernel = cpu_kernel()
-        for hparams, tensor_lists in batches.items():
-            self._kernel_call(kernel, tensor_lists, hparams)
-
-    # Implemented per base optimizer below: the group's hyper-parameters
-    # (a hashable tuple) and tensor lists, and the kernel call.
-    _kernel_args: Callable[..., Tuple[Tuple, List[List[Tensor]]]]
-    _kernel_call: Callable[..., None]
+    def _after_step(self, tensors: List[List[Any]]) -> None:
+        pass
 
 
 class _OLORAdamMixin(_OLORMixin):
-    """Adam and AdamW: torch's ``_init_group`` and the kernel's Adam."""
+    """Adam and AdamW: torch's ``_init_group`` and :func:`olor_adam`."""
 
     _init_group: Callable
+    _functional = staticmethod(olor_adam)
 
-    def _kernel_args(self, group, k):
-        lists: Tuple[List[Tensor], ...] = ([], [], [], [], [], [])
-        # params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps; it
-        # creates missing state as torch's step does.
-        self._init_group(group, *lists)
+    def _group_tensors(self, group):
+        # params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+        tensors: List[List[Tensor]] = [[] for _ in range(6)]
+        # torch >= 2.2 returns whether a tensor is complex.
+        self._has_complex = self._init_group(group, *tensors)
         beta1, beta2 = group['betas']
-        decoupled = bool(
-            group.get('decoupled_weight_decay', isinstance(self, AdamW)))
-        hparams = (group['amsgrad'], beta1, beta2, group['lr'], group['eps'],
-                   group['weight_decay'], decoupled, k, group['maximize'],
-                   group['l2sp'], group['review'] == 'spd' and k != 0)
-        return hparams, list(lists)
+        return tensors, dict(
+            amsgrad=group['amsgrad'],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group['lr'],
+            eps=group['eps'],
+            weight_decay=group['weight_decay'],
+            maximize=group['maximize'],
+            decoupled_weight_decay=bool(
+                group.get('decoupled_weight_decay', isinstance(self,
+                                                               AdamW))))
 
-    @staticmethod
-    def _kernel_call(kernel, tensor_lists, hparams):
-        params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps, anchors = \
-            tensor_lists
-        (amsgrad, beta1, beta2, lr, eps, wd, decoupled, k, maximize, l2sp,
-         spd) = hparams
-        # The kernel counts the steps and derives each tensor's bias
-        # corrections itself.
-        kernel.olor_adam_(params, grads, exp_avgs, exp_avg_sqs,
-                          max_sqs if amsgrad else [], steps, anchors, lr,
-                          beta1, beta2, eps, wd, decoupled, k, amsgrad,
-                          maximize, l2sp, spd)
+    def _torch_options(self, group):
+        options = dict(
+            foreach=group['foreach'],
+            capturable=group['capturable'],
+            differentiable=group['differentiable'],
+            fused=group['fused'])
+        if self._has_complex is not None:
+            options['has_complex'] = self._has_complex
+        return options
 
 
 class _OLORSGDMixin(_OLORMixin):
-    """SGD: torch's ``_init_group`` and the kernel's SGD."""
+    """SGD: torch's ``_init_group`` and :func:`olor_sgd`."""
 
     _init_group: Callable
+    _functional = staticmethod(olor_sgd)
 
-    def _kernel_args(self, group, k):
-        params: List[Tensor] = []
-        grads: List[Tensor] = []
-        bufs: List[Tensor] = []
-        self._init_group(group, params, grads, bufs)
-        hparams = (group['weight_decay'], group['momentum'],
-                   group['dampening'], group['nesterov'], group['lr'], k,
-                   group['maximize'], group['l2sp'],
-                   group['review'] == 'spd' and k != 0)
-        return hparams, [params, grads,
-                         bufs if group['momentum'] != 0 else []]
+    def _group_tensors(self, group):
+        # params, grads, momentum buffers (None before the first step)
+        tensors: List[List[Any]] = [[], [], []]
+        self._has_sparse_grad = self._init_group(group, *tensors)
+        return tensors, dict(
+            weight_decay=group['weight_decay'],
+            momentum=group['momentum'],
+            lr=group['lr'],
+            dampening=group['dampening'],
+            nesterov=group['nesterov'],
+            maximize=group['maximize'])
 
-    @staticmethod
-    def _kernel_call(kernel, tensor_lists, hparams):
-        params, grads, bufs, anchors = tensor_lists
-        kernel.olor_sgd_(params, grads, bufs, anchors, *hparams)
+    def _torch_options(self, group):
+        options = dict(
+            has_sparse_grad=self._has_sparse_grad, foreach=group['foreach'])
+        if 'fused' in group:  # torch >= 2.3
+            options['fused'] = group['fused']
+        return options
+
+    def _after_step(self, tensors):
+        params, _, buffers = tensors
+        for p, buffer in zip(params, buffers):
+            if buffer is not None:  # as torch's SGD.step
+                self.state[p]['momentum_buffer'] = buffer
 
 
 _math_doc = r"""
@@ -644,17 +567,17 @@ _math_doc = r"""
 
 @OPTIMIZERS.register_module()
 class OLORAdamW(_OLORAdamMixin, AdamW):
-    _torch_optimizer = AdamW
+    pass
 
 
 @OPTIMIZERS.register_module()
 class OLORAdam(_OLORAdamMixin, Adam):
-    _torch_optimizer = Adam
+    pass
 
 
 @OPTIMIZERS.register_module()
 class OLORSGD(_OLORSGDMixin, SGD):
-    _torch_optimizer = SGD
+    pass
 
 
 for _cls, _base in ((OLORAdamW, 'AdamW'), (OLORAdam, 'Adam'), (OLORSGD,
