@@ -25,7 +25,8 @@ from .protocol import (Upstream, backbone_state, load_upstream,
                        measure_backbone, prepare_upstream, read_curve,
                        upstream_test_root)
 from .retention import old_head_accuracy
-from .tasks import REGIMES, TASKS, method_config, task_config
+from .tasks import (REGIMES, TASKS, has_test_split, method_config,
+                    task_config)
 
 __all__ = [
     'digits_name', 'prepare_upstream_job', 'prepare_data_job', 'run_one'
@@ -73,8 +74,9 @@ def prepare_data_job(seed: int, classes: Sequence[int],
     Args:
         seed (int): Seed of the split and of the composition.
         classes (Sequence[int]): The downstream digits.
-        scenes (Sequence[int]): ``(train, val)`` scenes (det and seg).
-        crops (Sequence[int]): ``(train, val)`` crops (cls).
+        scenes (Sequence[int]): ``(train, val)`` scenes (det and seg); the
+            test split has as many as val.
+        crops (Sequence[int]): ``(train, val)`` crops (cls); test as val.
         data_root (str): Where they go.
 
     Returns:
@@ -84,13 +86,13 @@ def prepare_data_job(seed: int, classes: Sequence[int],
     write_digit_scenes(
         data_root,
         classes=classes,
-        num_images=dict(train=scenes[0], val=scenes[1]),
+        num_images=dict(train=scenes[0], val=scenes[1], test=scenes[1]),
         seed=seed)
     write_semantic_masks(data_root)
     write_digit_crops(
         data_root,
         classes=classes,
-        num_images=dict(train=crops[0], val=crops[1]),
+        num_images=dict(train=crops[0], val=crops[1], test=crops[1]),
         seed=seed)
     return dict(
         data_root=osp.join(data_root, ''),
@@ -107,6 +109,9 @@ def _scores(state: Dict[str, torch.Tensor], upstream: Upstream) -> Dict:
         upstream_knn_after=scores['knn'],
         upstream_probe_before=before['probe'],
         upstream_probe_after=scores['probe'],
+        upstream_head_reest_before=scores['head_reest_before'],
+        upstream_head_reest_after=scores['head_reest'],
+        upstream_cka=scores['cka'],
         drift_stem=drift[0]['drift'],
         drift_mean=sum(r['drift'] for r in drift) / len(drift),
         drift_by_layer={r['layer']: r['drift']
@@ -122,6 +127,10 @@ def _metrics(task: str, metrics: Dict[str, float]) -> Dict[str, float]:
         for key, name in spec.extra.items()
     })
     return out
+
+
+def _prefixed(prefix: str, fields: Dict[str, float]) -> Dict[str, float]:
+    return {prefix + k: v for k, v in fields.items()}
 
 
 def interpolate(theta0: Dict[str, torch.Tensor],
@@ -155,6 +164,7 @@ def run_one(task: str,
             work_dir: str,
             iters: int,
             val_interval: Optional[int] = None,
+            test: bool = True,
             wise_ft: Sequence[float] = (),
             verbose: bool = False,
             threads: Optional[int] = None) -> List[Dict]:
@@ -174,6 +184,12 @@ def run_one(task: str,
             iterations; the entry then has ``curve``, ``[iteration,
             downstream]`` pairs (the last one is ``downstream``). Defaults
             to None (validate at the end only).
+
+    With ``test`` (default True) and where the data has a test split
+    (:func:`~benchmarks.tasks.has_test_split`) the entries also have the test split's metrics of the last iterate
+    (``test_downstream``, ...) and, with ``val_interval``, of the
+    checkpoint best on validation (``best_iter``, ``test_best_downstream``,
+    ...: the first iteration with the highest validation metric).
         wise_ft (Sequence[float]): For ``adamw`` only: also evaluate
             WiSE-FT, the backbone interpolated from the upstream weights
             toward the fine-tuned ones by each alpha (heads as
@@ -195,8 +211,12 @@ def run_one(task: str,
     cfg = task_config(task, classes, data_root, upstream, work_dir, iters,
                       seed)
     cfg = method_config(cfg, task, method, config)
+    test = test and has_test_split(task, data_root)
     if val_interval is not None:
         cfg.train_cfg.val_interval = val_interval
+        if test:  # keep the checkpoint best on validation
+            cfg.default_hooks.checkpoint.update(
+                save_best=TASKS[task].metric, rule='greater')
     # Logger and visualizer are named instances (mmengine's ManagerMixin):
     # a name of their own per run, or a later run in this process writes
     # into an earlier run's files.
@@ -240,6 +260,9 @@ def run_one(task: str,
                 **_scores(tuned, up),
                 wall_s=round(time.time() - start, 1))
         ]
+        if test:
+            entries[0].update(
+                _prefixed('test_', _metrics(task, runner.test_loop.run())))
         if val_interval is not None:
             spec = TASKS[task]
             entries[0]['curve'] = [[
@@ -251,6 +274,11 @@ def run_one(task: str,
             weights = interpolate(theta0, tuned, alpha)
             backbone.load_state_dict(weights)
             metrics = runner.val_loop.run()
+            fields = _metrics(task, metrics)
+            if test:
+                fields.update(
+                    _prefixed('test_', _metrics(task,
+                                                runner.test_loop.run())))
             checkpoints.append(
                 _save_backbone(weights, work_dir,
                                f'backbone_wise-ft_{alpha:g}.pth'))
@@ -259,9 +287,19 @@ def run_one(task: str,
                     common,
                     method='wise-ft',
                     config=dict(alpha=alpha),
-                    **_metrics(task, metrics),
+                    **fields,
                     **_scores(weights, up),
                     wall_s=round(time.time() - start, 1)))
+        if test and val_interval is not None:
+            # The checkpoint best on validation (the whole model), on test.
+            curve = entries[0]['curve']
+            best = max(range(len(curve)), key=lambda i: curve[i][1])
+            runner.load_checkpoint(runner.message_hub.get_info('best_ckpt'))
+            entries[0].update(
+                best_iter=curve[best][0],
+                best_val_downstream=curve[best][1],
+                **_prefixed('test_best_',
+                            _metrics(task, runner.test_loop.run())))
         del runner
         # The old head: the upstream classifier with each backbone swapped
         # in, evaluated by upstream_retention.py.

@@ -24,7 +24,8 @@ from torch import nn
 
 from mmolor.engine.drift import layer_drift
 from .datasets import CROPS_LAYOUT, write_digit_scenes
-from .retention import upstream_scores
+from .retention import (extract_features, linear_cka, reestimate_bn,
+                        upstream_scores)
 from .upstream import (build_backbone, pretrain_upstream, save_upstream,
                        upstream_split)
 
@@ -233,6 +234,35 @@ def backbone_state(checkpoint: str,
     }
 
 
+def _head_accuracy(head: nn.Linear, features: np.ndarray,
+                   labels: np.ndarray) -> float:
+    with torch.no_grad():
+        logits = head(torch.from_numpy(features).to(head.weight.dtype))
+    return float((logits.argmax(1).numpy() == labels).mean())
+
+
+_REFERENCES: Dict[str, Dict] = {}
+
+
+def _upstream_reference(checkpoint: str, upstream: 'Upstream') -> Dict:
+    """The pre-trained backbone's features of the upstream test digits (as
+    it was) and its old-head accuracy with BN statistics re-estimated as
+    :func:`measure_backbone` does it for a fine-tuned one (kept per
+    checkpoint for the process)."""
+    if checkpoint in _REFERENCES:
+        return _REFERENCES[checkpoint]
+    backbone = build_backbone()
+    backbone.load_state_dict(backbone_state(checkpoint), strict=True)
+    images, labels = upstream.split['test']
+    features = extract_features(backbone, images)
+    reestimate_bn(backbone, upstream.split['train'][0])
+    _REFERENCES[checkpoint] = dict(
+        features=features,
+        head_reest=_head_accuracy(upstream.head,
+                                  extract_features(backbone, images), labels))
+    return _REFERENCES[checkpoint]
+
+
 def measure_backbone(
         state: Dict[str, torch.Tensor],
         upstream: Upstream) -> Tuple[Dict[str, float], List[Dict]]:
@@ -245,7 +275,13 @@ def measure_backbone(
 
     Returns:
         tuple: ``upstream_scores`` of the fine-tuned backbone (with the
-        original head) and ``layer_drift`` rows (block layers).
+        original head) and ``layer_drift`` rows (block layers). The scores
+        add, with the BatchNorm statistics re-estimated on the upstream
+        train digits (:func:`~benchmarks.retention.reestimate_bn`):
+        ``head_reest`` (the old head) and ``head_reest_before`` (the
+        pre-trained backbone, re-estimated the same way), and ``cka``, the
+        linear CKA of those features to the pre-trained backbone's on the
+        upstream test digits.
     """
     backbone = build_backbone()
     backbone.load_state_dict(state, strict=True)
@@ -253,4 +289,12 @@ def measure_backbone(
     scores = upstream_scores(backbone, upstream.split, head=upstream.head)
     after = {n: p.detach() for n, p in backbone.named_parameters()}
     drift = layer_drift(backbone, upstream.state, after, mode='block')
+    reference = _upstream_reference(upstream.checkpoint, upstream)
+    images, labels = upstream.split['test']
+    reestimate_bn(backbone, upstream.split['train'][0])
+    features = extract_features(backbone, images)
+    scores.update(
+        head_reest=_head_accuracy(upstream.head, features, labels),
+        head_reest_before=reference['head_reest'],
+        cka=linear_cka(features, reference['features']))
     return scores, drift

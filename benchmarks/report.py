@@ -7,6 +7,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .stats import PRIMARY_METRICS, primary_metrics
+
 __all__ = [
     'format_table', 'demo_tables', 'plot_drift', 'summarize', 'plot_tradeoff',
     'setting_label', 'paired_tables', 'plot_paired'
@@ -262,19 +264,25 @@ def setting_label(method: str, config: Dict) -> str:
 
 
 def _interval(row: Optional[Dict]) -> str:
+    """``+1.2 [+0.3, +2.1]``, and Holm's p where the row has one."""
     if row is None:
         return '-'
     mean = f"{100 * row['mean_diff']:+.1f}"
     if row['ci_low'] is None:
         return mean
-    return (f"{mean} [{100 * row['ci_low']:+.1f}, "
+    text = (f"{mean} [{100 * row['ci_low']:+.1f}, "
             f"{100 * row['ci_high']:+.1f}]")
+    if row.get('p_holm') is not None:
+        text += f" p {row['p_holm']:.2g}"
+    return text
 
 
 def paired_tables(results: List[Dict], paired: List[Dict],
                   metric_names: Dict[str, str]) -> str:
     """One table per (task, regime): every setting's mean ± std over seeds
-    and its paired difference to AdamW with the 95% CI, in points.
+    and its paired difference to AdamW with the 95% CI, in points (and
+    Holm's p), of the primary metrics (:func:`~benchmarks.stats.
+    primary_metrics`).
 
     Args:
         results (list[dict]): The benchmark's ``results``.
@@ -285,7 +293,11 @@ def paired_tables(results: List[Dict], paired: List[Dict],
     groups: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
     for r in results:
         groups.setdefault((r['task'], r['regime']), []).append(r)
+    metrics = primary_metrics(results)
     for (task, regime), entries in groups.items():
+        names = ((f'{metric_names[task]} (test)', 'old head (BN re-est.)')
+                 if metrics == PRIMARY_METRICS else
+                 (metric_names[task], 'old head'))
         settings: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
         for e in entries:
             key = (e['method'], json.dumps(e['config'], sort_keys=True))
@@ -301,17 +313,18 @@ def paired_tables(results: List[Dict], paired: List[Dict],
                                                                  config)
             }
             cells = []
-            for metric in ('downstream', 'upstream_head_after'):
+            for metric in metrics:
                 mean, std = _mean_std([100 * e[metric] for e in runs])
                 cells += [f'{mean:.1f} ± {std:.1f}',
                           _interval(found.get(metric))]
             rows.append([setting_label(method, runs[0]['config']),
                          len(runs)] + cells)
-        before = _mean_std([100 * e['upstream_head_before']
-                            for e in entries])[0]
+        before = _mean_std([
+            100 * e[metrics[1].replace('_after', '_before')] for e in entries
+        ])[0]
         header = [
-            'method (setting)', 'seeds', metric_names[task],
-            '- AdamW [95% CI]', 'old head', '- AdamW [95% CI]'
+            'method (setting)', 'seeds', names[0], '- AdamW [95% CI]',
+            names[1], '- AdamW [95% CI]'
         ]
         blocks.append(f'{task}, {regime} (old head before fine-tuning: '
                       f'{before:.1f}):\n' + format_table(header, rows))

@@ -11,6 +11,13 @@ Three instruments, from the most forgiving to the most sensitive:
   on the fine-tuned backbone's features (no refitting). Refit probes barely
   notice forgetting on easy data; the old head does.
 
+The old head reads features through the backbone's BatchNorm running
+statistics, which fine-tuning re-estimates on downstream data (unless the
+config freezes them, as mmdet's ``norm_eval=True`` does) and which no
+optimizer rolls back. :func:`reestimate_bn` re-estimates them on upstream
+images, so the old head measures what the weights kept;
+:func:`linear_cka` compares representations without any head.
+
 :func:`old_head_accuracy` measures the last one as a user would, with
 ``tools/analysis_tools/upstream_retention.py``: the upstream model as an
 mmpretrain ImageClassifier, evaluated by its runner with each fine-tuned
@@ -30,7 +37,10 @@ from torch import nn
 
 from .upstream import to_inputs
 
-__all__ = ['extract_features', 'upstream_scores', 'old_head_accuracy']
+__all__ = [
+    'extract_features', 'upstream_scores', 'old_head_accuracy',
+    'reestimate_bn', 'linear_cka'
+]
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # The upstream model as an mmpretrain ImageClassifier: the benchmark's cls
@@ -62,6 +72,53 @@ def extract_features(backbone: nn.Module,
     finally:
         backbone.train(training)
     return torch.cat(feats).numpy()
+
+
+@torch.no_grad()
+def reestimate_bn(backbone: nn.Module,
+                  images: np.ndarray,
+                  batch_size: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``images``.
+
+    The statistics are reset and averaged over the batches with equal
+    weight (``momentum=None``: torch's cumulative average) in train-mode
+    forward passes without gradients; the weights are not touched. The
+    backbone is left in eval mode, its BatchNorm momenta as they were.
+
+    Returns:
+        nn.Module: ``backbone``.
+    """
+    norms = [
+        m for m in backbone.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    momenta = [m.momentum for m in norms]
+    backbone.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()  # also where the backbone's `norm_eval` would keep eval
+    try:
+        for i in range(0, len(images), batch_size):
+            backbone(to_inputs(images[i:i + batch_size]))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        backbone.eval()
+    return backbone
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear centred kernel alignment of two feature matrices of the same
+    examples, ``(N, C1)`` and ``(N, C2)`` (Kornblith et al., ICML 2019): 1
+    for representations equal up to rotation and isotropic scaling.
+
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``, columns centred.
+    """
+    x = x - x.mean(axis=0, keepdims=True)
+    y = y - y.mean(axis=0, keepdims=True)
+    cross = np.linalg.norm(y.T @ x)**2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
 def upstream_scores(backbone: nn.Module,

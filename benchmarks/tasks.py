@@ -19,7 +19,7 @@ from mmengine.config import Config
 
 __all__ = [
     'Regime', 'REGIMES', 'Task', 'TASKS', 'METHODS', 'task_config',
-    'method_config', 'set_iters', 'warmup_iters', 'SCENES'
+    'method_config', 'set_iters', 'warmup_iters', 'SCENES', 'has_test_split'
 ]
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -138,11 +138,42 @@ def set_iters(cfg: Config, iters: int) -> None:
     ]
 
 
+# The test split of each task's data (written by the benchmark's data job
+# since it has one): the test data loader's options, relative to the data
+# root.
+TEST_SPLIT = dict(
+    det={
+        'test_dataloader.dataset.ann_file':
+        'annotations/instances_test2017.json',
+        'test_dataloader.dataset.data_prefix': dict(img='test2017/'),
+    },
+    seg={
+        'test_dataloader.dataset.data_prefix':
+        dict(img_path='test2017', seg_map_path='semantic_test2017'),
+    },
+    cls={
+        'test_dataloader.dataset.ann_file': 'crops/test.txt',
+        'test_dataloader.dataset.data_prefix': 'crops/test',
+    })
+_TEST_FILES = dict(
+    det='annotations/instances_test2017.json',
+    seg='semantic_test2017',
+    cls='crops/test.txt')
+
+
+def has_test_split(task: str, data_root: str) -> bool:
+    """Whether ``data_root`` holds the task's test split (data written
+    before the benchmark had one has train and val only)."""
+    return osp.exists(osp.join(data_root, _TEST_FILES[task]))
+
+
 def task_config(task: str, classes: Sequence[int], data_root: str,
                 checkpoint: str, work_dir: str, iters: int,
                 seed: int) -> Config:
     """The task's AdamW config, pointed at the data, the classes and the
     upstream checkpoint, with the benchmark's schedule (:func:`set_iters`).
+    The validation loop reads the val split; the test loop the test split
+    where the data has one (:func:`has_test_split`), else val too.
     """
     if task not in TASKS:
         raise ValueError(f'Invalid task: {task!r} (expected one of '
@@ -160,11 +191,20 @@ def task_config(task: str, classes: Sequence[int], data_root: str,
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         options[f'{loader}.dataset.data_root'] = data_root
         options[f'{loader}.dataset.metainfo'] = dict(classes=names)
+    test = has_test_split(task, data_root)
+    if test:
+        # The configs write `test_dataloader = val_dataloader`: a copy of
+        # its own first, so the val loader keeps the val split.
+        cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
+        cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
+        options.update(TEST_SPLIT[task])
     if task == 'det':
         ann = osp.join(data_root, 'annotations', 'instances_val2017.json')
         options.update({
             'val_evaluator.ann_file': ann,
-            'test_evaluator.ann_file': ann,
+            'test_evaluator.ann_file':
+            osp.join(data_root, TEST_SPLIT['det']
+                     ['test_dataloader.dataset.ann_file']) if test else ann,
             'model.roi_head.bbox_head.num_classes': len(names),
             'model.roi_head.mask_head.num_classes': len(names),
         })

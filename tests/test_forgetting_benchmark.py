@@ -21,8 +21,10 @@ from benchmarks.datasets import (CROPS_LAYOUT, SEMANTIC_LAYOUT,
                                  compose_digits, load_digit_split,
                                  write_digit_crops, write_digit_scenes,
                                  write_semantic_masks)
-from benchmarks.stats import paired, t_interval
-from benchmarks.tasks import TASKS, llrd_keys, method_config, task_config
+from benchmarks.retention import linear_cka, reestimate_bn
+from benchmarks.stats import holm, paired, signflip_p, t_interval, t_test_p
+from benchmarks.tasks import (TASKS, has_test_split, llrd_keys,
+                              method_config, task_config)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'forgetting_benchmark.py')
@@ -40,6 +42,45 @@ def test_t_interval_on_known_numbers():
         (2.0, 2 - 4.302653 / np.sqrt(3), 2 + 4.302653 / np.sqrt(3)),
         abs=1e-5)
     assert t_interval([0.5]) == (0.5, None, None)
+
+
+def test_signflip_p_enumerates_every_sign_pattern():
+    # n = 5, all positive: only the observed pattern and its mirror are as
+    # extreme, 2 / 32.
+    assert signflip_p([1.0, 2.0, 3.0, 4.0, 5.0]) == 2 / 32
+    assert signflip_p([0.3] * 10) == 2 / 1024
+    # 0.1 + 0.2 - 0.05 + 0.3 = 0.55: patterns with |sum| >= 0.55 are the
+    # observed one, the one flipping -0.05 (0.65) and their mirrors.
+    assert signflip_p([0.1, 0.2, -0.05, 0.3]) == 4 / 16
+    assert signflip_p([1.0, -1.0, 2.0, -2.0]) == 1.0
+    # Against a brute-force count over itertools' patterns.
+    import itertools
+    values = [0.7, -0.2, 0.4, 0.1, -0.5, 0.9, 0.3]
+    observed = abs(sum(values))
+    count = sum(
+        abs(sum(s * v for s, v in zip(signs, values))) >= observed - 1e-12
+        for signs in itertools.product((1, -1), repeat=len(values)))
+    assert signflip_p(values) == count / 2**len(values)
+    assert signflip_p([]) is None
+    with pytest.raises(ValueError, match='n = 21'):
+        signflip_p([1.0] * 21)
+
+
+def test_t_test_p_matches_scipy():
+    from scipy.stats import ttest_1samp
+    values = [0.3, -0.1, 0.5, 0.2, 0.4]
+    assert t_test_p(values) == pytest.approx(ttest_1samp(values, 0).pvalue)
+    assert t_test_p([0.2]) is None
+    assert t_test_p([0.0, 0.0]) == 1.0 and t_test_p([0.1, 0.1]) == 0.0
+
+
+def test_holm_step_down():
+    # Sorted 0.01, 0.03, 0.04 of m = 3 (None is no test): 3 * 0.01, then
+    # max(0.03, 2 * 0.03), then max(0.06, 1 * 0.04); capped at 1.
+    assert holm([0.04, None, 0.01, 0.03]) == pytest.approx(
+        [0.06, None, 0.03, 0.06])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]
+    assert holm([]) == []
 
 
 def _entry(method, seed, down, head, config=None, task='cls',
@@ -81,6 +122,26 @@ def test_paired_differences_by_seed():
     assert head['mean_diff'] == pytest.approx((0.3 + 0.1 + 0.3) / 3)
     assert alone['n'] == 1 and alone['mean_diff'] == pytest.approx(-0.1)
     assert alone['ci_low'] is None and alone['ci_high'] is None
+    # Exact sign-flip p-values, Holm-adjusted within each (task, regime).
+    assert down['p_signflip'] == 4 / 8  # diffs 0.02, 0.01, 0: 4 of 8
+    assert head['p_signflip'] == 2 / 8
+    assert down['p_t'] == pytest.approx(t_test_p([0.02, 0.01, 0.0]))
+    assert (down['p_holm'], head['p_holm']) == pytest.approx(
+        tuple(holm([0.5, 0.25])))
+    assert alone['p_t'] is None and alone['p_holm'] == 1.0
+
+
+def test_paired_pairs_the_runs_that_have_a_metric():
+    results = [
+        dict(_entry('adamw', 0, 0.5, 0.6), test_downstream=0.4),
+        dict(_entry('adamw', 1, 0.4, 0.7)),  # no test split
+        dict(_entry('olor', 0, 0.6, 0.6), test_downstream=0.45),
+        dict(_entry('olor', 1, 0.5, 0.7), test_downstream=0.5),
+    ]
+    rows = paired(results, metrics=('downstream', 'test_downstream'))
+    assert [(r['metric'], r['n']) for r in rows] == [('downstream', 2),
+                                                     ('test_downstream', 1)]
+    assert rows[1]['mean_diff'] == pytest.approx(0.05)
 
 
 def test_crops_share_the_scenes_statistics(tmp_path):
@@ -134,6 +195,94 @@ def _model(cfg, task):
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope(TASKS[task].scope):
         return registry.build(cfg.model)
+
+
+def test_test_split_leaves_train_and_val_as_they_were(tmp_path):
+    """Adding the test split draws new scenes and crops after the others:
+    train and val are byte for byte those written without it; test holds
+    other images of the held-out digits."""
+    import filecmp
+    old, new = tmp_path / 'old', tmp_path / 'new'
+    for root, sizes in ((old, dict(train=6, val=4)),
+                        (new, dict(train=6, val=4, test=4))):
+        write_digit_scenes(str(root), classes=(1, 2), num_images=sizes,
+                           seed=3)
+        write_semantic_masks(str(root))
+        write_digit_crops(str(root), classes=(1, 2),
+                          num_images=dict(sizes, train=8), seed=3)
+    for rel in ('annotations/instances_train2017.json',
+                'annotations/instances_val2017.json', 'crops/train.txt',
+                'crops/val.txt'):
+        assert filecmp.cmp(old / rel, new / rel, shallow=False), rel
+    for folder in ('train2017', 'val2017', 'semantic_val2017', 'crops/val'):
+        names = sorted(os.listdir(old / folder))
+        assert names == sorted(os.listdir(new / folder))
+        assert all(
+            filecmp.cmp(old / folder / n, new / folder / n, shallow=False)
+            for n in names), folder
+    assert not has_test_split('det', str(old))
+    for task in ('det', 'seg', 'cls'):
+        assert has_test_split(task, str(new))
+    with open(new / 'annotations/instances_test2017.json') as f:
+        test = json.load(f)
+    assert len(test['images']) == 4 and test['annotations']
+    assert len(os.listdir(new / 'semantic_test2017')) == 4
+    assert len(os.listdir(new / 'crops/test')) == 4
+    val = cv2.imread(str(new / 'crops/val/000000.png'))
+    assert not np.array_equal(val, cv2.imread(str(new /
+                                                  'crops/test/000000.png')))
+
+
+@pytest.mark.parametrize('task', ['det', 'seg', 'cls'])
+def test_task_config_tests_on_the_test_split(task, tmp_path):
+    root = tmp_path / 'data'
+    write_digit_scenes(str(root), classes=(1, 2),
+                       num_images=dict(train=2, val=2, test=2), seed=0)
+    write_semantic_masks(str(root))
+    write_digit_crops(str(root), classes=(1, 2),
+                      num_images=dict(train=2, val=2, test=2), seed=0)
+    cfg = task_config(task, (1, 2), str(root) + '/', 'up.pth',
+                      str(tmp_path / 'work'), 10, 0)
+    val, test = (
+        json.dumps([d.get('ann_file'), d.get('data_prefix')])
+        for d in (cfg.val_dataloader.dataset, cfg.test_dataloader.dataset))
+    assert 'test' in test and 'val' not in test
+    assert 'val' in val and 'test' not in val
+    if task == 'det':
+        assert cfg.test_evaluator.ann_file.endswith('instances_test2017.json')
+        assert cfg.val_evaluator.ann_file.endswith('instances_val2017.json')
+
+
+def test_reestimate_bn_averages_the_batches_statistics():
+    from torch import nn
+    import torch
+    from benchmarks.upstream import to_inputs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model[1].momentum = 0.3
+    images = np.random.default_rng(0).integers(
+        0, 255, size=(6, 10, 10)).astype(np.uint8)
+    reestimate_bn(model, images, batch_size=3)
+    with torch.no_grad():
+        out = [model[0](to_inputs(images[i:i + 3])) for i in (0, 3)]
+    mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in out]).mean(0)
+    var = torch.stack([o.var(dim=(0, 2, 3)) for o in out]).mean(0)
+    assert torch.allclose(model[1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(model[1].running_var, var, atol=1e-4)
+    assert model[1].momentum == 0.3 and not model.training
+
+
+def test_linear_cka():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    assert linear_cka(x, 3.0 * x @ rotation + 1.0) == pytest.approx(1.0)
+    assert linear_cka(x, rng.normal(size=(200, 8))) < 0.2
+    # Closed form for one column each: the squared correlation.
+    a, b = x[:, :1], x[:, :1] + 0.5 * x[:, 1:2]
+    assert linear_cka(a, b) == pytest.approx(
+        np.corrcoef(a[:, 0], b[:, 0])[0, 1]**2)
 
 
 @pytest.mark.parametrize('task', ['det', 'seg', 'cls'])
@@ -482,6 +631,15 @@ def test_tiny_benchmark_writes_paired_results(tmp_path):
         if e['method'] != 'wise-ft':
             assert [step for step, _ in e['curve']] == [1, 2]
             assert e['curve'][-1][1] == pytest.approx(e['downstream'])
+            # The checkpoint best on validation, scored on test.
+            best = max(e['curve'], key=lambda c: c[1])
+            assert (e['best_iter'], e['best_val_downstream']) == \
+                pytest.approx(tuple(best))
+            assert 0.0 <= e['test_best_downstream'] <= 1.0
+        # The test split of every run; the retention instruments.
+        for key in ('test_downstream', 'upstream_head_reest_after',
+                    'upstream_head_reest_before', 'upstream_cka'):
+            assert 0.0 <= e[key] <= 1.0 + 1e-9, (key, e)
     wise = [e for e in results if e['method'] == 'wise-ft']
     adamw = {(e['task'], e['seed']): e for e in results
              if e['method'] == 'adamw'}

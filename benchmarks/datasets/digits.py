@@ -189,15 +189,18 @@ def write_digit_scenes(data_root: str,
     ``ink_threshold`` of its peak), its polygons the mask's outer contours
     (``cv2.findContours``, so the holes of 0, 6, 8, 9 are filled) and its box
     the mask's extent. ``train`` scenes use the train part of the digits,
-    ``val`` scenes the held-out part (:func:`load_digit_split`).
+    ``val`` and ``test`` scenes the held-out part (:func:`load_digit_split`):
+    new scenes each, drawn after the splits before them, so adding
+    ``test`` leaves ``train`` and ``val`` as they were.
 
     Args:
         data_root (str): Where to write (``annotations/``, ``train2017/``,
             ``val2017/``, as :func:`~benchmarks.datasets.write_coco`).
         classes (Sequence[int]): Digits in the scenes; category ``i + 1`` is
             ``digit_{classes[i]}``. Defaults to (5, 6, 7, 8, 9).
-        num_images (dict, optional): Scenes per split (``train``, ``val``).
-            Defaults to ``dict(train=200, val=50)``.
+        num_images (dict, optional): Scenes per split (``train``, ``val``,
+            ``test``, in this order). Defaults to ``dict(train=200,
+            val=50)``.
         image_size (tuple[int, int]): ``(height, width)``. Defaults to
             (128, 128).
         glyph_size (tuple[int, int]): Smallest and largest digit side in
@@ -219,7 +222,7 @@ def write_digit_scenes(data_root: str,
         raise ValueError(f'Invalid glyph_size: {glyph_size} (need 8 <= min '
                          f'<= max <= the image side, {min(h, w)})')
     split = load_digit_split(classes, held_out=held_out, seed=seed)
-    source = dict(train='train', val='test')
+    source = dict(train='train', val='test', test='test')
     rng = np.random.default_rng(seed + 1)
     categories = [
         dict(id=i + 1, name=DIGIT_CLASSES[c], supercategory='digit')
@@ -287,7 +290,8 @@ def write_digit_scenes(data_root: str,
 # one PNG per scene, 0 = background, i + 1 = the scene's category i + 1.
 SEMANTIC_LAYOUT = dict(
     train=('train2017/', 'semantic_train2017/'),
-    val=('val2017/', 'semantic_val2017/'))
+    val=('val2017/', 'semantic_val2017/'),
+    test=('test2017/', 'semantic_test2017/'))
 
 
 def write_semantic_masks(data_root: str) -> Dict[str, str]:
@@ -322,7 +326,8 @@ def write_semantic_masks(data_root: str) -> Dict[str, str]:
 # ("<relative path> <label>" per line).
 CROPS_LAYOUT = dict(
     train=('crops/train.txt', 'crops/train/'),
-    val=('crops/val.txt', 'crops/val/'))
+    val=('crops/val.txt', 'crops/val/'),
+    test=('crops/test.txt', 'crops/test/'))
 
 
 def write_digit_crops(data_root: str,
@@ -335,15 +340,17 @@ def write_digit_crops(data_root: str,
 
     Every image is one digit of ``classes`` composed by
     :func:`compose_digits`; ``train`` uses the train part of the digits,
-    ``val`` the held-out part (:func:`load_digit_split`). Label ``i`` is
+    ``val`` and ``test`` the held-out part (:func:`load_digit_split`), new
+    crops each (``test`` drawn after ``val``, which it leaves as it was). Label ``i`` is
     ``classes[i]``. Images are drawn class by class in turn, so every class
     has ``count // len(classes)`` or one more.
 
     Args:
         data_root (str): Where ``crops/`` goes.
         classes (Sequence[int]): The digits. Defaults to (5, 6, 7, 8, 9).
-        num_images (dict, optional): Images per split (``train``, ``val``).
-            Defaults to ``dict(train=100, val=300)``.
+        num_images (dict, optional): Images per split (``train``, ``val``,
+            ``test``, in this order). Defaults to ``dict(train=100,
+            val=300)``.
         image_size (int): Side in pixels. Defaults to 32.
         held_out (float): As for :func:`load_digit_split`. Defaults to 0.3.
         seed (int): Seed of the split and of the composition. Defaults
@@ -354,7 +361,7 @@ def write_digit_crops(data_root: str,
     """
     num_images = num_images or dict(train=100, val=300)
     split = load_digit_split(classes, held_out=held_out, seed=seed)
-    source = dict(train='train', val='test')
+    source = dict(train='train', val='test', test='test')
     rng = np.random.default_rng(seed + 2)
     written = {}
     for name, count in num_images.items():

@@ -20,7 +20,8 @@ __all__ = ['write_coco', 'write_ade20k', 'COCO_LAYOUT', 'ADE20K_LAYOUT']
 # Relative paths, as the mmdet / mmseg dataset configs expect them.
 COCO_LAYOUT = dict(train=('annotations/instances_train2017.json',
                           'train2017/'),
-                   val=('annotations/instances_val2017.json', 'val2017/'))
+                   val=('annotations/instances_val2017.json', 'val2017/'),
+                   test=('annotations/instances_test2017.json', 'test2017/'))
 ADE20K_LAYOUT = dict(train=('images/training', 'annotations/training'),
                      val=('images/validation', 'annotations/validation'))
 

@@ -151,6 +151,11 @@ def parse_args(argv=None):
         help='also validate every this many iterations and keep the curve '
         '(results: curve), to see where a schedule converges')
     parser.add_argument(
+        '--tuning',
+        action='store_true',
+        help='tuning runs (benchmarks/PROTOCOL.md): score the validation '
+        'split only, not the test split')
+    parser.add_argument(
         '--upstream-steps', type=int, help='upstream pre-training steps')
     parser.add_argument(
         '--scenes',
@@ -559,6 +564,7 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
                                                    name),
                                  iters=args.iters[task, regime],
                                  val_interval=args.val_interval,
+                                 test=not args.tuning,
                                  wise_ft=wise if method == 'adamw' else [],
                                  verbose=args.verbose,
                                  threads=1)))
@@ -613,7 +619,8 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
 def report(results, pairs, out_dir):
     """Print the tables and write one plot per task into ``out_dir``."""
     print('\nmean ± std over seeds (%), and minus AdamW on the same seed '
-          '(points, mean [95% t-interval]):\n')
+          '(points, mean [95% t-interval], p: exact sign-flip p-value '
+          'Holm-adjusted within the task and regime):\n')
     print(paired_tables(results, pairs, METRIC_NAMES))
     for task in dict.fromkeys(r['task'] for r in results):
         out_png = osp.join(out_dir, f'forgetting_{task}.png')
@@ -653,7 +660,7 @@ def merge_results(paths):
                          f'{group} differently (iterations, upstream head '
                          f'before): {setup} != {where[group][1]}')
             key = setting_key(entry) + (entry['seed'], )
-            scores = tuple(entry[m] for m in PAIRED_METRICS)
+            scores = tuple(entry.get(m) for m in PAIRED_METRICS)
             if key in seen:
                 if seen[key][1] != scores:
                     sys.exit(f'--report: {key} is in {seen[key][0]} and '
