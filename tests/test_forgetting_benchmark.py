@@ -22,6 +22,7 @@ from benchmarks.datasets import (CROPS_LAYOUT, SEMANTIC_LAYOUT,
                                  write_digit_crops, write_digit_scenes,
                                  write_semantic_masks)
 from benchmarks.retention import linear_cka, reestimate_bn
+from benchmarks.selection import GRID, select
 from benchmarks.stats import holm, paired, signflip_p, t_interval, t_test_p
 from benchmarks.tasks import (TASKS, has_test_split, llrd_keys,
                               method_config, task_config)
@@ -195,6 +196,57 @@ def _model(cfg, task):
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope(TASKS[task].scope):
         return registry.build(cfg.model)
+
+
+def _tuning_runs(scores, seeds=(0, 1)):
+    """Runs of every GRID setting: scores[(method, index)] = (val
+    downstream, old head), the same on every seed (default 0.5, 0.5)."""
+    out = []
+    for method, grid in GRID.items():
+        for i, config in enumerate(grid):
+            down, head = scores.get((method, i), (0.5, 0.5))
+            out += [dict(_entry(method, s, down, head, config))
+                    for s in seeds]
+    return out
+
+
+def test_select_follows_the_protocol_rule():
+    scores = {
+        ('adamw', 0): (0.60, 0.70),
+        # olor: the best downstream (0) keeps less than AdamW's head: out;
+        # of the two that qualify, the higher downstream (2).
+        ('olor', 0): (0.70, 0.65), ('olor', 1): (0.55, 0.80),
+        ('olor', 2): (0.58, 0.71),
+        # l2sp: none qualifies: the highest old head (1).
+        ('l2sp', 0): (0.50, 0.60), ('l2sp', 1): (0.40, 0.69),
+        ('l2sp', 2): (0.62, 0.30),
+        # llrd: a tie on downstream among qualified: the weaker (later).
+        ('llrd', 0): (0.64, 0.75), ('llrd', 1): (0.64, 0.76),
+        ('llrd', 2): (0.50, 0.90),
+        ('spd', 1): (0.63, 0.70),
+    }
+    rows = {r['method']: r for r in select(_tuning_runs(scores))}
+    assert rows['olor']['config'] == GRID['olor'][2]
+    assert rows['olor']['qualified'] and not rows['l2sp']['qualified']
+    assert rows['l2sp']['config'] == GRID['l2sp'][1]
+    assert rows['llrd']['config'] == GRID['llrd'][1]
+    assert rows['olor']['downstream'] == pytest.approx(0.58)
+    # Best peer: the peer whose choice has the highest val downstream.
+    assert {r['best_peer'] for r in rows.values()} == {'llrd'}
+    assert all(r['missing'] == [] for r in rows.values())
+    assert rows['olor']['seeds'] == [0, 1]
+
+
+def test_select_names_missing_settings_and_cells_without_adamw():
+    runs = [r for r in _tuning_runs({})
+            if not (r['method'] == 'spd' and r['config'] == GRID['spd'][0]
+                    and r['seed'] == 1)]
+    rows = {r['method']: r for r in select(runs)}
+    assert rows['spd']['missing'] == [GRID['spd'][0]]
+    with pytest.raises(ValueError, match='no adamw tuning runs'):
+        select([r for r in runs if r['method'] != 'adamw'])
+    with pytest.raises(ValueError, match='l2sp: no setting'):
+        select([r for r in runs if r['method'] != 'l2sp'])
 
 
 def test_test_split_leaves_train_and_val_as_they_were(tmp_path):

@@ -73,8 +73,9 @@ sys.path.insert(
 from benchmarks.benchmark import (digits_name,  # noqa: E402
                                   prepare_data_job, prepare_upstream_job,
                                   run_one)
-from benchmarks.report import (paired_tables, plot_paired,  # noqa: E402
-                               setting_label)
+from benchmarks.report import (format_table, paired_tables,  # noqa: E402
+                               plot_paired, setting_label)
+from benchmarks.selection import select  # noqa: E402
 from benchmarks.stats import (PAIRED_METRICS, paired,  # noqa: E402
                               setting_key)
 from benchmarks.tasks import (METHODS, REGIMES, REPO_ROOT,  # noqa: E402
@@ -219,7 +220,22 @@ def parse_args(argv=None):
         'JSONs (runs with the same upstream steps and data sizes, e.g. '
         'more seeds or settings) are merged into <--work-dir>/'
         'forgetting.json')
+    parser.add_argument(
+        '--select',
+        nargs='+',
+        metavar='JSON',
+        help='run nothing: apply benchmarks/PROTOCOL.md\'s selection rule '
+        'to tuning runs (JSONs merged as --report merges them; --seeds: the '
+        'tuning seeds), print each cell\'s choices and, with --work-dir, '
+        'write <--work-dir>/selection.json')
     args = parser.parse_args(argv)
+    if args.select is not None:
+        if args.report is not None:
+            parser.error('--select and --report: one at a time')
+        for path in args.select:
+            if not osp.isfile(path):
+                parser.error(f'--select: no such file {path!r}')
+        return args
     if args.report is not None:
         defaults = vars(parser.parse_args([]))
         given = [
@@ -405,6 +421,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.report is not None:
         report_json(args.report, args.seeds, args.work_dir)
+        return
+    if args.select is not None:
+        select_json(args.select, args.seeds, args.work_dir)
         return
     stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
     work_dir = osp.abspath(
@@ -670,6 +689,39 @@ def merge_results(paths):
             seen[key] = (path, scores)
             merged.append(entry)
     return merged, dict(first_meta[1], merged_from=sources)
+
+
+def select_json(paths, seeds=None, work_dir=None):
+    """``--select``: the protocol's choices from tuning runs (every grid
+    setting must have run on every tuning seed)."""
+    results, meta = merge_results(paths)
+    try:
+        rows = select(results, seeds)
+    except ValueError as e:
+        sys.exit(f'--select: {e}')
+    table = []
+    for r in rows:
+        table.append([
+            r['task'], r['regime'], setting_label(r['method'], r['config']),
+            f"{100 * r['downstream']:.1f}", f"{100 * r['old_head']:.1f}",
+            'yes' if r['qualified'] else 'no',
+            ', '.join(setting_label(r['method'], c)
+                      for c in r['missing']) or '-', r['best_peer']
+        ])
+    print(format_table([
+        'task', 'regime', 'choice', 'val downstream', 'old head',
+        '>= AdamW head', 'grid settings not run', 'best peer'
+    ], table))
+    missing = [r for r in rows if r['missing']]
+    if work_dir is not None:
+        os.makedirs(work_dir, exist_ok=True)
+        out = osp.join(work_dir, 'selection.json')
+        write_json(out, dict(meta=meta, selection=rows))
+        print(out)
+    if missing:
+        sys.exit(f'--select: {len(missing)} (task, regime, method) lack '
+                 'grid settings (column "grid settings not run"): the '
+                 'budgets are not equal yet')
 
 
 def report_json(paths, seeds=None, work_dir=None):
