@@ -2,8 +2,10 @@
 """The forgetting benchmark: its statistics, its data, the method configs
 of every task family built by the real frameworks, a tiny run of the whole
 tool, and its interruption."""
+import glob
 import json
 import os
+import shutil
 import re
 import os.path as osp
 import signal
@@ -719,6 +721,34 @@ def test_tiny_benchmark_writes_paired_results(tmp_path):
                 row['ci_high']) == pytest.approx((mean, low, high))
     for task in ('det', 'seg', 'cls'):
         assert (work_dir / f'forgetting_{task}.png').stat().st_size > 1000
+
+
+def test_benchmarks_readme_is_generated_from_the_results(tmp_path):
+    """benchmarks/README.md's tables are the tool's output for the stored
+    JSONs, and its prose quotes no measured number."""
+    readme = osp.join(ROOT, 'benchmarks', 'README.md')
+    regenerated = tmp_path / 'README.md'
+    shutil.copy(readme, regenerated)
+    jsons = sorted(
+        osp.relpath(p, ROOT)
+        for p in glob.glob(osp.join(ROOT, 'benchmarks', 'results', '*',
+                                    '*.json')))
+    proc = subprocess.run(
+        [sys.executable, TOOL, '--report', *jsons, '--markdown',
+         str(regenerated)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(readme) as f:
+        text = f.read()
+    assert regenerated.read_text() == text
+    from benchmarks.report import MARKDOWN_BEGIN, MARKDOWN_END
+    prose = text[:text.index(MARKDOWN_BEGIN)] + text[text.index(
+        MARKDOWN_END):]
+    prose = re.sub(r'\n    .*', '', prose)  # the commands
+    # No decimals, signed differences or percentages but the intervals'
+    # confidence level (names like ResNet-18 are not numbers).
+    assert not re.findall(r'\d+\.\d+|(?<![\w-])[+\u2212-]\d|(?<!95)%',
+                          prose)
 
 
 def _children(pid):

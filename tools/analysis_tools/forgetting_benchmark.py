@@ -73,8 +73,9 @@ sys.path.insert(
 from benchmarks.benchmark import (digits_name,  # noqa: E402
                                   prepare_data_job, prepare_upstream_job,
                                   run_one)
-from benchmarks.report import (format_table, paired_tables,  # noqa: E402
-                               plot_paired, setting_label)
+from benchmarks.report import (format_table, markdown_report,  # noqa
+                               paired_tables, plot_paired, setting_label,
+                               write_markdown)
 from benchmarks.selection import select  # noqa: E402
 from benchmarks.stats import (PAIRED_METRICS, paired,  # noqa: E402
                               setting_key)
@@ -221,6 +222,13 @@ def parse_args(argv=None):
         'more seeds or settings) are merged into <--work-dir>/'
         'forgetting.json')
     parser.add_argument(
+        '--markdown',
+        metavar='FILE',
+        help='with --report: write each JSON\'s tables and read-outs as '
+        'markdown into FILE (between its generated-block markers, the '
+        'prose around them kept; benchmarks/README.md is written so) '
+        'instead of printing them and drawing the plots')
+    parser.add_argument(
         '--select',
         nargs='+',
         metavar='JSON',
@@ -229,6 +237,8 @@ def parse_args(argv=None):
         'tuning seeds), print each cell\'s choices and, with --work-dir, '
         'write <--work-dir>/selection.json')
     args = parser.parse_args(argv)
+    if args.markdown is not None and args.report is None:
+        parser.error('--markdown goes with --report')
     if args.select is not None:
         if args.report is not None:
             parser.error('--select and --report: one at a time')
@@ -240,7 +250,7 @@ def parse_args(argv=None):
         defaults = vars(parser.parse_args([]))
         given = [
             '--' + key.replace('_', '-') for key, value in vars(args).items()
-            if key not in ('report', 'seeds', 'work_dir')
+            if key not in ('report', 'seeds', 'work_dir', 'markdown')
             and value != defaults[key]
         ]
         if given:
@@ -249,6 +259,11 @@ def parse_args(argv=None):
         for path in args.report:
             if not osp.isfile(path):
                 parser.error(f'--report: no such file {path!r}')
+        if args.markdown is not None:
+            if args.work_dir is not None or args.seeds is not None:
+                parser.error('--markdown renders each JSON as it is: '
+                             'without --work-dir and --seeds')
+            return args
         if len(args.report) > 1 and args.work_dir is None:
             parser.error('--report with several JSONs writes the merged '
                          'one: give --work-dir')
@@ -419,6 +434,18 @@ def write_json(path, data):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report is not None and args.markdown is not None:
+        sections = []
+        for path in args.report:
+            with open(path) as f:
+                data = json.load(f)
+            sections.append(
+                markdown_report(path, data['results'],
+                                paired(data['results']), data['meta'],
+                                METRIC_NAMES))
+        write_markdown(args.markdown, '\n'.join(sections))
+        print(args.markdown)
+        return
     if args.report is not None:
         report_json(args.report, args.seeds, args.work_dir)
         return
