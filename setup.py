@@ -7,13 +7,11 @@ import sys
 from setuptools import find_packages, setup
 
 
-# mmolor/version.py is the one source of the version and of the ranges of
-# the stack (it checks them at import too); read without importing mmolor.
+# mmolor/version.py is the one source of every version fact: mmolor's
+# version, the requirements of the core and of each extra (it checks them at
+# import too) and the versions `make install` installs; read without
+# importing mmolor.
 VERSION = runpy.run_path(osp.join('mmolor', 'version.py'))
-
-
-def requirement(dist, low, high):
-    return f'{dist}>={low}' + (f',<{high}' if high else '')
 
 
 def kernel_build():
@@ -81,7 +79,7 @@ setup(
     else '',
     long_description_content_type='text/markdown',
     license='Apache License 2.0',
-    python_requires='>=3.8',
+    python_requires=VERSION['PYTHON_REQUIRES'],
     # Only the library: benchmarks/, tests/, tools/ and configs/ stay in the
     # checkout (tests/test_install.py).
     packages=find_packages(include=['mmolor', 'mmolor.*']),
@@ -90,22 +88,11 @@ setup(
     package_data={'mmolor.optim': ['csrc/*.cpp']},
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
-    # mmcv has no wheel on PyPI: `make install` builds it with its ops
-    # before this package is installed.
-    install_requires=[
-        requirement(dist, low, high)
-        for dist, (low, high) in VERSION['REQUIREMENTS'].items()
-    ] + [
-        'torchvision',  # imported by mmpretrain
-        'numpy<2',
-        'timm>=0.9',
-        'ftfy',  # imported by mmseg, not declared by it
-        'regex',
-    ],
-    extras_require={
-        # expecttest: torch's own optimizer test table (optim_db)
-        'tests': ['pytest>=7.3', 'expecttest'],
-        # the demo and the forgetting benchmark: bundled digits, plots
-        'demo': ['scikit-learn', 'matplotlib'],
-    },
+    # The core (optimizers, constructor, drift hook, mmolor.compat): torch
+    # and mmengine. The codebases are extras: `.[det]` (mmdet), `.[seg]`
+    # (mmsegmentation), `.[cls]` (mmpretrain, timm), `.[all]`; and `.[tests]`,
+    # `.[demo]`. mmcv has no wheel on PyPI: `make install` builds it with its
+    # ops before this package is installed.
+    install_requires=VERSION['install_requires'](),
+    extras_require=VERSION['extras_require'](),
 )

@@ -1,9 +1,11 @@
 # Copyright (c) mmolor contributors. All rights reserved.
 """mmolor: OLOR (One Step Learning, One Step Review) for OpenMMLab.
 
-Importing mmolor checks the stack's versions and registers OLORAdamW,
-OLORAdam, OLORSGD and OLOROptimWrapperConstructor in mmengine's root
-registries (so configs find them under any default scope). What concerns
+Importing mmolor checks the versions of the stack that is installed (torch
+and mmengine must be; mmcv, mmdet, mmsegmentation and mmpretrain are
+checked where they are installed, see :mod:`mmolor.version`) and registers
+OLORAdamW, OLORAdam, OLORSGD and OLOROptimWrapperConstructor in mmengine's
+root registries (so configs find them under any default scope). What concerns
 mmengine's runner, OLORDriftHook and the fixes of :mod:`mmolor.compat`
 (listed there), is registered and applied once ``mmengine.runner`` is
 imported: importing mmolor does not import it (it imports DeepSpeed where

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from importlib import metadata
 
 import pytest
 
@@ -89,6 +90,32 @@ def test_only_mmolor_is_installed(installed):
     assert (installed / 'mmolor' / 'optim' / '__init__.py').is_file()
     for demo_code in ('analysis', 'datasets'):
         assert not (installed / 'mmolor' / demo_code).exists()
+
+
+def test_installed_metadata_requires_the_core_and_offers_the_extras(installed):
+    """The wheel's requirements are version.py's: torch and mmengine for
+    every install, the codebases only through the extras."""
+    from packaging.requirements import Requirement
+
+    from mmolor.version import extras_require, install_requires
+
+    def parsed(requirements):
+        return [(r.name, r.specifier) for r in map(Requirement, requirements)]
+
+    dist, = metadata.distributions(path=[str(installed)])
+    assert dist.metadata['Name'] == 'mmolor'
+    requires = [Requirement(r) for r in dist.requires]
+    core = [(r.name, r.specifier) for r in requires if r.marker is None]
+    assert core == parsed(install_requires())
+    assert {name for name, _ in core} == {'torch', 'mmengine', 'numpy'}
+    offered = set(dist.metadata.get_all('Provides-Extra'))
+    assert offered == set(extras_require())
+    for extra, wanted in extras_require().items():
+        got = [
+            (r.name, r.specifier) for r in requires
+            if r.marker is not None and r.marker.evaluate(dict(extra=extra))
+        ]
+        assert got == parsed(wanted), extra
 
 
 def test_installed_mmolor_trains_without_the_checkout(installed, tmp_path):
