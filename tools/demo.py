@@ -40,6 +40,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger, print_log
 
 import mmolor  # noqa: F401  registries
+from mmolor.version import MissingExtraError, require
 
 # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -163,6 +164,8 @@ def run_all(commands: Dict[str, list], parallel: bool, log) -> Dict:
 
 def main():
     args = parse_args()
+    require('det', 'the demo (a Mask R-CNN)')
+    require('demo', 'the demo (bundled digits, plots)')
     # Every model here is small: one thread per process trains about as
     # fast as two, runs two fine-tunings side by side on 2 cores, does not
     # crawl when other work shares the cores, and gives the same numbers on
@@ -269,4 +272,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as e:  # one line: the extra to install
+        sys.exit(f'error: {e}')

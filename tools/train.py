@@ -22,7 +22,8 @@ from mmengine.runner import Runner
 import mmolor  # noqa: F401  registries; mmolor.compat's fixes (runner loaded)
 from mmolor.compat.dist import has_accelerator, prepare_dist
 from mmolor.compat.checkpoint import trust_checkpoints
-from mmolor.utils import setup_scope
+from mmolor.utils import load_config, setup_scope
+from mmolor.version import MissingExtraError
 
 
 def parse_args():
@@ -117,7 +118,7 @@ def main():
     trust_checkpoints(args.trust_checkpoint)
 
     # load config
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -178,4 +179,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as e:  # one line: the extra to install
+        sys.exit(f'error: {e}')

@@ -1,4 +1,4 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-from .setup_env import setup_scope
+from .setup_env import codebases, load_config, require_codebases, setup_scope
 
-__all__ = ['setup_scope']
+__all__ = ['codebases', 'load_config', 'require_codebases', 'setup_scope']

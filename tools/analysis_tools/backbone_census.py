@@ -26,6 +26,14 @@ def parse_args():
 def main() -> int:
     args = parse_args()
     import mmolor  # noqa: F401
+    from mmolor.version import CODEBASE_EXTRAS, MissingExtraError, require
+    try:
+        # the census builds mmdet's, mmseg's, mmpretrain's and timm's
+        # backbones
+        for extra in CODEBASE_EXTRAS:
+            require(extra, 'the backbone census')
+    except MissingExtraError as e:
+        sys.exit(f'error: {e}')
 
     # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
     sys.path.insert(

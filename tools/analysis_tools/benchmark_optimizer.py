@@ -64,6 +64,7 @@ from torch.optim import SGD, AdamW, Optimizer
 import mmolor  # noqa: F401  registries and version checks
 from mmolor.optim import OLORAdamW, OLORSGD
 from mmolor.optim._cpu_kernel import cpu_kernel, cpu_kernel_error
+from mmolor.version import MissingExtraError, require, require_scope
 
 BACKBONES = {
     'resnet50': ('mmdet', dict(type='ResNet', depth=50)),
@@ -148,6 +149,7 @@ class AdamBLoop(Optimizer):
 def backbone_params(name: str, device: str) -> List[nn.Parameter]:
     """The trainable parameters of a backbone built from its registry."""
     scope, cfg = BACKBONES[name]
+    require_scope(scope, f'the {name} backbone')
     if scope == 'mmdet':
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
@@ -377,6 +379,7 @@ def anchor_drift(args) -> None:
 
 def e2e(args) -> None:
     """Training iterations of a small Mask R-CNN, AdamW vs OLOR-AdamW."""
+    require('det', '--e2e (a Mask R-CNN)')
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.hub import get_config
@@ -633,4 +636,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as e:  # one line: the extra to install
+        sys.exit(f'error: {e}')

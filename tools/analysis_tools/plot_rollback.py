@@ -14,9 +14,11 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 import mmolor  # noqa: F401  registries
+from mmolor.utils import load_config, require_codebases
+from mmolor.version import MissingExtraError
 
 # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
 sys.path.insert(
@@ -43,9 +45,10 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    require_codebases(cfg)
     rows = rollback_by_layer(cfg)
     name = osp.splitext(osp.basename(args.config))[0]
     out = args.out or f'{name}_rollback.png'
@@ -62,4 +65,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as e:  # one line: the extra to install
+        sys.exit(f'error: {e}')

@@ -30,7 +30,6 @@ import tempfile
 from typing import Dict, List, Tuple
 
 from mmengine.config import Config, DictAction
-from mmengine.hub import get_config
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
@@ -41,7 +40,8 @@ import mmolor  # noqa: F401  registries; mmolor.compat's fixes (runner loaded)
 from mmolor.compat.checkpoint import (UntrustedCheckpointError,
                                       trust_checkpoints)
 from mmolor.engine.drift import layer_drift
-from mmolor.utils import setup_scope
+from mmolor.utils import load_config, setup_scope
+from mmolor.version import MissingExtraError, require
 
 UPSTREAM_PREFIX = 'backbone.'
 JSON_NAME = 'upstream_retention.json'
@@ -252,9 +252,10 @@ def write_json(result: Dict, work_dir: str) -> str:
 def main(argv=None):
     args = parse_args(argv)
     trust_checkpoints(args.trust_checkpoint)
+    require('cls', 'upstream_retention.py (the upstream model is an '
+            'mmpretrain classifier)')
     # `mmpretrain::convnext/...` names a config inside a package.
-    cfg = get_config(args.upstream_config) if '::' in args.upstream_config \
-        else Config.fromfile(args.upstream_config)
+    cfg = load_config(args.upstream_config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
@@ -319,4 +320,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except MissingExtraError as e:  # one line: the extra to install
+        sys.exit(f'error: {e}')
