@@ -440,6 +440,36 @@ def _tool():
     return module
 
 
+def test_settings_from_a_selection(tmp_path, capsys):
+    """--settings-from: per cell AdamW and each method's chosen setting;
+    the setting flags and cells it has no choice for are refused."""
+    tool = _tool()
+    rows = select(_tuning_runs({('olor', 1): (0.7, 0.9),
+                                ('wise-ft', 2): (0.7, 0.9)}))
+    path = tmp_path / 'selection.json'
+    path.write_text(json.dumps(dict(meta={}, selection=rows)))
+    args = tool.parse_args(['--tasks', 'cls', '--regimes', 'shifted',
+                            '--settings-from', str(path)])
+    assert args.selection['cls', 'shifted']['olor'] == GRID['olor'][1]
+    assert args.selection['cls', 'shifted']['wise-ft'] == GRID['wise-ft'][2]
+    assert set(args.methods) == set(GRID)
+    for argv, error in (
+            (['--methods', 'adamw'], '--methods cannot apply'),
+            (['--r-max', '0.1'], '--r-max cannot apply'),
+            (['--tuning'], 'one at a time'),
+            (['--regimes', 'unrelated'], 'no choices for cls unrelated')):
+        with pytest.raises(SystemExit):
+            tool.parse_args(['--tasks', 'cls', '--settings-from',
+                             str(path)] + (argv if '--regimes' in argv else
+                                           ['--regimes', 'shifted'] + argv))
+        assert error in capsys.readouterr().err
+    (tmp_path / 'bad.json').write_text('{}')
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--tasks', 'cls', '--settings-from',
+                         str(tmp_path / 'bad.json')])
+    assert 'not a --select output' in capsys.readouterr().err
+
+
 def test_every_setting_is_used_or_refused(capsys):
     tool = _tool()
     args = tool.parse_args(['--quick'])

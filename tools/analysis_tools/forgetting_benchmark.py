@@ -153,6 +153,12 @@ def parse_args(argv=None):
         help='also validate every this many iterations and keep the curve '
         '(results: curve), to see where a schedule converges')
     parser.add_argument(
+        '--settings-from',
+        metavar='SELECTION_JSON',
+        help='confirmatory runs (benchmarks/PROTOCOL.md): in each planned '
+        '(task, regime), AdamW and every method of a --select output at its '
+        'chosen setting, instead of --methods and the setting flags')
+    parser.add_argument(
         '--tuning',
         action='store_true',
         help='tuning runs (benchmarks/PROTOCOL.md): score the validation '
@@ -272,6 +278,32 @@ def parse_args(argv=None):
                          '(one JSON\'s plots are written beside it)')
         return args
     preset = QUICK if args.quick else FULL
+    if args.settings_from is not None:
+        setting_flags = ('methods', 'l2sp_alpha', 'llrd_decay', 'r_max',
+                         'power', 'spd_lambda', 'wise_alpha')
+        given = [
+            '--' + k.replace('_', '-') for k in setting_flags
+            if getattr(args, k) is not None
+        ]
+        if given:
+            parser.error('--settings-from gives the methods and settings: '
+                         f"{' '.join(given)} cannot apply")
+        if args.tuning:
+            parser.error('--settings-from is for confirmatory runs, '
+                         '--tuning for tuning runs: one at a time')
+        try:
+            with open(args.settings_from) as f:
+                rows = json.load(f)['selection']
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.error(f'--settings-from: {args.settings_from!r} is not a '
+                         f'--select output ({type(e).__name__}: {e})')
+        args.selection = {}
+        for r in rows:
+            args.selection.setdefault((r['task'], r['regime']),
+                                      {})[r['method']] = r['config']
+        args.methods = ['adamw']
+        for cell in args.selection.values():
+            args.methods += [m for m in cell if m not in args.methods]
     tasks = list(dict.fromkeys(t for t, _ in preset['plan']))
     regimes = list(dict.fromkeys(r for _, r in preset['plan']))
     if args.tasks and args.regimes:
@@ -284,6 +316,11 @@ def parse_args(argv=None):
             list(itertools.product(tasks, args.regimes))
     else:
         args.plan = preset['plan']
+    if args.settings_from is not None:
+        lacking = [c for c in args.plan if c not in args.selection]
+        if lacking:
+            parser.error(f'--settings-from {args.settings_from}: no choices '
+                         'for ' + ', '.join(f'{t} {r}' for t, r in lacking))
     planned = {t for t, _ in args.plan}
     # Settings given for something the run does not hold are refused.
     users = dict(
@@ -594,7 +631,16 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
                                 spec.matched]['checkpoint']
             data_root = prepared['data', seed, spec.downstream_classes,
                                  spec.size]['data_root']
-            for method, config in plan:
+            cell_plan, cell_wise = plan, wise
+            if args.settings_from is not None:
+                chosen = args.selection[task, regime]
+                cell_plan = [('adamw', {})] + [
+                    (m, c) for m, c in chosen.items()
+                    if m not in ('adamw', 'wise-ft')
+                ]
+                cell_wise = ([chosen['wise-ft']['alpha']]
+                             if 'wise-ft' in chosen else [])
+            for method, config in cell_plan:
                 name = method.replace('+', '-') + ''.join(
                     f'_{k}{v:g}' for k, v in config.items())
                 runs.append(('run',
@@ -611,7 +657,8 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
                                  iters=args.iters[task, regime],
                                  val_interval=args.val_interval,
                                  test=not args.tuning,
-                                 wise_ft=wise if method == 'adamw' else [],
+                                 wise_ft=cell_wise
+                                 if method == 'adamw' else [],
                                  verbose=args.verbose,
                                  threads=1)))
     total = len(runs)
