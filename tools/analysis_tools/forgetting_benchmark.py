@@ -729,8 +729,9 @@ def merge_results(paths):
     The runs must be pairable: the same upstream steps and data sizes, the
     same iterations and upstream for a (task, regime, seed). A run found in
     more than one file (e.g. the AdamW runs of a second run adding settings)
-    is kept once, and must have the same scores in each (the benchmark
-    repeats on one machine); otherwise the merge is refused.
+    is kept once (the first file's entry), and must have the same scores in
+    each on the metrics both have (the benchmark repeats on one machine);
+    otherwise the merge is refused.
     """
     merged, seen, where, sources = [], {}, {}, []
     first_meta = None
@@ -755,7 +756,11 @@ def merge_results(paths):
             key = setting_key(entry) + (entry['seed'], )
             scores = tuple(entry.get(m) for m in PAIRED_METRICS)
             if key in seen:
-                if seen[key][1] != scores:
+                # Compared on the metrics both runs have (later versions
+                # measure more).
+                both = [(x, y) for x, y in zip(seen[key][1], scores)
+                        if x is not None and y is not None]
+                if any(x != y for x, y in both):
                     sys.exit(f'--report: {key} is in {seen[key][0]} and '
                              f'{path} with other scores: {seen[key][1]} '
                              f'!= {scores}')
