@@ -1,6 +1,7 @@
 # mmolor: one-command setup, test and demo.
 #
 #   make test     create .venv (if missing), install the whole stack, run pytest
+#   make test-fast  the same, but only the tests not marked slow
 #   make demo     same setup, then run the fine-tuning demo (no download)
 #   make install  only the setup part (shared by test and demo)
 #
@@ -32,7 +33,7 @@ $(if $(and $(TORCH),$(MMCV)),,$(error cannot read the versions from \
 	mmolor/version.py with $(PYTHON); set PYTHON to a python3 interpreter))
 MMCV_WHEELS ?= $(HOME)/.cache/mmolor/wheels/mmcv-$(MMCV)-torch-$(TORCH)
 
-.PHONY: install test demo clean-venv
+.PHONY: install test test-fast demo clean-venv
 
 install: $(STAMP)
 
@@ -75,6 +76,11 @@ $(STAMP): setup.py mmolor/version.py Makefile
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The fast lane: every test but those marked slow (real training, the
+# tools, several processes, builds; see setup.cfg).
+test-fast: install
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) tools/demo.py

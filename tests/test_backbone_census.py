@@ -10,19 +10,58 @@ backbones: consecutive blocks of a branch one apart; HRNet: parallel
 branches at equal depths). ``tools/analysis_tools/backbone_census.py``
 prints the table.
 """
+import functools
 import re
+from typing import Tuple
 
 import pytest
 
-from benchmarks.census import (SKIPPED, build_case, check_case,
+from benchmarks.census import (SKIPPED, Case, build_case, check_case,
                                collect_cases, format_table)
 from mmolor.optim.layer_depth import get_layer_depths
 
-CASES = collect_cases()
+# Builds every backbone upstream configs use: minutes on 2 cores.
+pytestmark = pytest.mark.slow
 
 
-def test_census_covers_the_upstream_backbones():
-    types = {c.type for c in CASES}
+@functools.lru_cache(maxsize=None)
+def census_cases() -> Tuple[Case, ...]:
+    """The cases, built once per session and only when a census test runs
+    (it imports mmdet, mmseg and mmpretrain and parses every config they
+    ship)."""
+    return tuple(collect_cases())
+
+
+def _may_be_selected(metafunc) -> bool:
+    """False only if the ``-m`` expression leaves out a test with this
+    module's marks (``-m "not slow"``): its cases need not be built."""
+    expression = metafunc.config.getoption('markexpr')
+    if not expression:
+        return True
+    marks = {mark.name for mark in metafunc.definition.iter_markers()}
+    try:
+        from _pytest.mark.expression import Expression
+        return Expression.compile(expression).evaluate(
+            lambda name, **kwargs: name in marks)
+    except Exception:  # pytest's private API moved: build the cases
+        return True
+
+
+def pytest_generate_tests(metafunc):
+    """One ``test_block_depths`` per case, parametrized at collection of
+    this module only, not at its import."""
+    if 'case' in metafunc.fixturenames:
+        cases = census_cases() if _may_be_selected(metafunc) else ()
+        metafunc.parametrize('case', cases, ids=[c.type for c in cases])
+
+
+@pytest.fixture
+def cases() -> Tuple[Case, ...]:
+    return census_cases()
+
+
+def test_census_covers_the_upstream_backbones(cases):
+    types = {c.type for c in cases}
     # a few that every reader will look for, and the ones that the
     # registration order misleads (ConvNeXt, CSPNeXt, PCPVT, Swin)
     for name in ('ResNet (mmdet)', 'ResNet (mmseg)', 'SwinTransformer (mmdet)',
@@ -37,7 +76,6 @@ def test_census_covers_the_upstream_backbones():
     assert len(types) >= 52, sorted(types)
 
 
-@pytest.mark.parametrize('case', CASES, ids=[c.type for c in CASES])
 def test_block_depths(case):
     if case.type in SKIPPED:
         pytest.skip(SKIPPED[case.type])
@@ -46,8 +84,8 @@ def test_block_depths(case):
     assert row.num_blocks >= 2 and row.max_depth >= 2
 
 
-def test_hrnet_parallel_branches_stand_at_equal_depths():
-    case = next(c for c in CASES if c.type == 'HRNet (mmseg)')
+def test_hrnet_parallel_branches_stand_at_equal_depths(cases):
+    case = next(c for c in cases if c.type == 'HRNet (mmseg)')
     found = get_layer_depths(build_case(case), 'block')
     by_position = {}
     for name, depth in found.depths.items():
@@ -62,10 +100,10 @@ def test_hrnet_parallel_branches_stand_at_equal_depths():
     assert found.max_depth < len(found.blocks)
 
 
-def test_format_table_has_one_row_per_backbone():
+def test_format_table_has_one_row_per_backbone(cases):
     wanted = {'ResNet (mmdet)': 'single path',
               'HRNet (mmseg)': 'parallel branches'}
-    rows = [check_case(c) for c in CASES if c.type in wanted]
+    rows = [check_case(c) for c in cases if c.type in wanted]
     lines = format_table(rows).splitlines()
     assert lines[0].startswith('| backbone | config it comes from | D |')
     assert len(lines) == 2 + len(wanted)

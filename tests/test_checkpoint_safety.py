@@ -546,6 +546,7 @@ default_hooks = dict(logger=dict(interval=1),
     return str(path)
 
 
+@pytest.mark.slow
 def test_tools_refuse_a_malicious_resume_until_trusted(tmp_path):
     """tools/train.py --resume: a real checkpoint with a payload added is
     refused, and loads (payload and all) with --trust-checkpoint;

@@ -194,6 +194,7 @@ def load(path):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
+@pytest.mark.slow
 def test_tiny_training_resumes_bit_for_bit_and_tests(tmp_path):
     data = write_folder_dataset(str(tmp_path / 'data'), per_class=2)
     config = tiny_config(tmp_path, data)

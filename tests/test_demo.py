@@ -127,6 +127,7 @@ def upstream(tmp_path_factory):
     return Upstream(checkpoint, split, model.head, state, scores), model
 
 
+@pytest.mark.slow
 def test_upstream_checkpoint_loads_through_init_cfg(upstream):
     upstream, model = upstream
     assert upstream.split['train'][0].shape[1:] == (32, 32)
@@ -151,6 +152,7 @@ def test_upstream_checkpoint_loads_through_init_cfg(upstream):
         torch.testing.assert_close(backbone.state_dict()[name], value)
 
 
+@pytest.mark.slow
 def test_measure_backbone_drift_and_scores(upstream):
     upstream, model = upstream
     state = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -284,6 +286,7 @@ def test_demo_config_rollback_by_layer():
             rollback_by_depth(depth, 8, r.max, r.min, r.power))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == 'win32', reason='POSIX paths')
 def test_demo_runs_end_to_end(tmp_path):
     """The whole demo at toy size: 2 upstream steps, 2 iterations per

@@ -18,6 +18,9 @@ import torch
 
 from benchmarks.datasets import write_ade20k, write_coco
 
+# Trains and tests through tools/train.py and tools/test.py.
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
 

@@ -20,6 +20,9 @@ from test_e2e import ade_overrides, test_metrics, train, write_config
 
 from benchmarks.datasets import write_ade20k
 
+# Trains, resumes and tests through the tools.
+pytestmark = pytest.mark.slow
+
 CONFIG = ('configs/convnext/'
           'convnext-base_upernet_olor-adamw_8xb2-amp-160k_ade20k-512x512.py')
 

@@ -30,6 +30,9 @@ from test_zero import (BACKBONE, UNSHARDED, assert_anchors_are_pretrained,
                        assert_same_state, by_name, dist_train, load,
                        param_names, tiny_config, write_pretrained)
 
+# Two-process FSDP and DeepSpeed runs.
+pytestmark = pytest.mark.slow
+
 
 def assert_near(value, expected, what):
     """Equal to within float32 rounding: ``|a - b| <= 1e-6 |b|`` (norms).

@@ -19,6 +19,9 @@ from importlib import metadata
 
 import pytest
 
+# Builds and installs mmolor with pip.
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 # Two steps of OLOR-AdamW (rollback 0.1, constant lr, so kappa = 0.1) and

@@ -51,6 +51,7 @@ def test_rollback_by_layer_modes_and_errors():
         rollback_by_layer(cfg)
 
 
+@pytest.mark.slow
 def test_plot_rollback_tool_on_a_shipped_mmseg_config(tmp_path):
     out = tmp_path / 'rollback.png'
     proc = subprocess.run([

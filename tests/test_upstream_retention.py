@@ -21,6 +21,9 @@ from PIL import Image
 
 import mmolor  # noqa: F401  checkpoint loading on torch >= 2.6
 
+# Trains an upstream classifier; runs the tool.
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'upstream_retention.py')
 

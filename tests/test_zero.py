@@ -239,6 +239,7 @@ def assert_anchors_are_pretrained(anchors, pretrained):
         assert torch.equal(anchor, weights[name]), name
 
 
+@pytest.mark.slow
 def test_zero_config_form_shards_anchors_and_matches_unsharded(
         unsharded, pretrained, tmp_path):
     """mmengine's config form: each rank's local OLORAdamW keeps the
@@ -294,6 +295,7 @@ def test_zero_config_form_shards_anchors_and_matches_unsharded(
         pretrained)
 
 
+@pytest.mark.slow
 def test_zero_with_spd_review_and_l2sp_matches_unsharded(
         pretrained, tmp_path):
     """The review 'spd' (per-tensor norms and condition) and L2-SP under
@@ -324,6 +326,7 @@ def test_zero_with_spd_review_and_l2sp_matches_unsharded(
                for k, v in ends['plain']['state_dict'].items())
 
 
+@pytest.mark.slow
 def test_zero_resume_is_bit_exact(pretrained, tmp_path):
     """2 iterations, then ``--resume`` to 4, ends where 4 at once ends:
     weights and every optimizer state (each rank reloads its shard, with
@@ -356,6 +359,7 @@ def test_zero_resume_is_bit_exact(pretrained, tmp_path):
             assert torch.equal(anchor, first_anchors[name]), name
 
 
+@pytest.mark.slow
 def test_zero_under_the_flexible_runner(unsharded, pretrained, tmp_path):
     """``runner_type='FlexibleRunner'`` with its default ``DDPStrategy``
     (``device_ids=None`` on the CPU, by mmolor) saves a ZeRO checkpoint
@@ -378,6 +382,7 @@ def test_zero_under_the_flexible_runner(unsharded, pretrained, tmp_path):
         param_names())
 
 
+@pytest.mark.slow
 def test_zero_with_olor_sgd_through_a_shipped_config(tmp_path):
     """The config form on a real mmseg config (UPerNet R-50, OLOR-SGD) with
     ``tools/dist_train.sh``: the consolidated checkpoint holds an anchor
@@ -439,6 +444,7 @@ def test_zero_resolves_registered_optimizer_types():
         zero([nn.Parameter(torch.zeros(2))], optimizer_type='NoSuchOptimizer')
 
 
+@pytest.mark.slow
 def test_cpu_process_group_is_destroyed_at_exit(tmp_path):
     """The gloo group of ``prepare_dist`` is destroyed by an exit handler,
     while the interpreter is alive, not in its finalisation (where gloo's
