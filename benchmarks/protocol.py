@@ -237,7 +237,7 @@ def backbone_state(checkpoint: str,
 def _head_accuracy(head: nn.Linear, features: np.ndarray,
                    labels: np.ndarray) -> float:
     with torch.no_grad():
-        logits = head(torch.from_numpy(features).to(head.weight.dtype))
+        logits = head(torch.from_numpy(features).to(next(head.parameters()).dtype))
     return float((logits.argmax(1).numpy() == labels).mean())
 
 
@@ -245,8 +245,8 @@ _REFERENCES: Dict[str, Dict] = {}
 
 
 def _upstream_reference(checkpoint: str, upstream: 'Upstream') -> Dict:
-    """The pre-trained backbone's features of the upstream test digits (as
-    it was) and its old-head accuracy with BN statistics re-estimated as
+    """The pre-trained backbone's features of the upstream test digits and
+    its old-head accuracy, with BN statistics re-estimated as
     :func:`measure_backbone` does it for a fine-tuned one (kept per
     checkpoint for the process)."""
     if checkpoint in _REFERENCES:
@@ -254,12 +254,11 @@ def _upstream_reference(checkpoint: str, upstream: 'Upstream') -> Dict:
     backbone = build_backbone()
     backbone.load_state_dict(backbone_state(checkpoint), strict=True)
     images, labels = upstream.split['test']
-    features = extract_features(backbone, images)
     reestimate_bn(backbone, upstream.split['train'][0])
+    features = extract_features(backbone, images)
     _REFERENCES[checkpoint] = dict(
         features=features,
-        head_reest=_head_accuracy(upstream.head,
-                                  extract_features(backbone, images), labels))
+        head_reest=_head_accuracy(upstream.head, features, labels))
     return _REFERENCES[checkpoint]
 
 
@@ -280,8 +279,8 @@ def measure_backbone(
         train digits (:func:`~benchmarks.retention.reestimate_bn`):
         ``head_reest`` (the old head) and ``head_reest_before`` (the
         pre-trained backbone, re-estimated the same way), and ``cka``, the
-        linear CKA of those features to the pre-trained backbone's on the
-        upstream test digits.
+        linear CKA of those features to the pre-trained backbone's
+        (re-estimated the same way) on the upstream test digits.
     """
     backbone = build_backbone()
     backbone.load_state_dict(state, strict=True)

@@ -157,7 +157,12 @@ def test_measure_backbone_drift_and_scores(upstream):
     upstream, model = upstream
     state = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     scores, drift = measure_backbone(state, upstream)
-    assert scores == pytest.approx(upstream.scores)
+    assert {k: scores[k] for k in upstream.scores} == pytest.approx(
+        upstream.scores)
+    # The pre-trained backbone itself: re-estimated BN statistics equal the
+    # reference's, its features are the pre-trained ones.
+    assert scores['head_reest'] == scores['head_reest_before']
+    assert scores['cka'] == pytest.approx(1.0)
     assert [r['layer'] for r in drift] == [
         'stem', 'layer1.0', 'layer1.1', 'layer2.0', 'layer2.1', 'layer3.0',
         'layer3.1', 'layer4.0', 'layer4.1'

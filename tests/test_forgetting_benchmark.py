@@ -25,7 +25,8 @@ from benchmarks.datasets import (CROPS_LAYOUT, SEMANTIC_LAYOUT,
                                  write_semantic_masks)
 from benchmarks.retention import linear_cka, reestimate_bn
 from benchmarks.selection import GRID, select
-from benchmarks.stats import holm, paired, signflip_p, t_interval, t_test_p
+from benchmarks.stats import (PAIRED_METRICS, PRIMARY_METRICS, holm, paired,
+                              signflip_p, t_interval, t_test_p)
 from benchmarks.tasks import (TASKS, has_test_split, llrd_keys,
                               method_config, task_config)
 
@@ -670,6 +671,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_writes_paired_results(tmp_path):
     """Every task, AdamW, OLOR and WiSE-FT, two seeds, at toy size,
     through the tool."""
@@ -734,11 +736,16 @@ def test_tiny_benchmark_writes_paired_results(tmp_path):
     # `paired` is what the results give, recomputed here.
     assert data['paired'] == paired(results)
     rows = data['paired']
+    # Every metric the runs have; WiSE-FT has no best-on-validation point.
     assert {(r['task'], r['method'], r['metric']) for r in rows} == {
         (t, m, k)
         for t in ('det', 'seg', 'cls') for m in ('olor', 'wise-ft')
-        for k in ('downstream', 'upstream_head_after')
+        for k in PAIRED_METRICS
+        if not (m == 'wise-ft' and k == 'test_best_downstream')
     }
+    # Holm's family: the primary (test split) metrics.
+    assert {r['metric'] for r in rows if r['p_holm'] is not None} == set(
+        PRIMARY_METRICS)
     for row in rows:
         diffs = [
             e[row['metric']] - adamw[row['task'], e['seed']][row['metric']]
@@ -805,6 +812,7 @@ def _alive(pid):
     return state != 'Z'
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not osp.isdir('/proc'), reason='reads /proc')
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_interrupt_leaves_no_process_behind(tmp_path, signum):
