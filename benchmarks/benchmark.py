@@ -268,6 +268,19 @@ def run_one(task: str,
             entries[0]['curve'] = [[
                 step, value * spec.scale
             ] for step, value in read_curve(runner.log_dir, spec.metric)]
+        if test and val_interval is not None:
+            # The checkpoint best on validation (the whole model), on test,
+            # before WiSE-FT's validations (the checkpoint hook would take
+            # an interpolation as the best); then the last weights again.
+            curve = entries[0]['curve']
+            best = max(range(len(curve)), key=lambda i: curve[i][1])
+            runner.load_checkpoint(runner.message_hub.get_info('best_ckpt'))
+            entries[0].update(
+                best_iter=curve[best][0],
+                best_val_downstream=curve[best][1],
+                **_prefixed('test_best_',
+                            _metrics(task, runner.test_loop.run())))
+            runner.load_checkpoint(runner.message_hub.get_info('last_ckpt'))
         theta0 = backbone_state(upstream)
         for alpha in wise_ft:
             start = time.time()
@@ -290,16 +303,7 @@ def run_one(task: str,
                     **fields,
                     **_scores(weights, up),
                     wall_s=round(time.time() - start, 1)))
-        if test and val_interval is not None:
-            # The checkpoint best on validation (the whole model), on test.
-            curve = entries[0]['curve']
-            best = max(range(len(curve)), key=lambda i: curve[i][1])
-            runner.load_checkpoint(runner.message_hub.get_info('best_ckpt'))
-            entries[0].update(
-                best_iter=curve[best][0],
-                best_val_downstream=curve[best][1],
-                **_prefixed('test_best_',
-                            _metrics(task, runner.test_loop.run())))
+
         del runner
         # The old head: the upstream classifier with each backbone swapped
         # in, evaluated by upstream_retention.py.

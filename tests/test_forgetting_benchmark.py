@@ -722,6 +722,9 @@ def test_tiny_benchmark_writes_paired_results(tmp_path):
             assert (e['best_iter'], e['best_val_downstream']) == \
                 pytest.approx(tuple(best))
             assert 0.0 <= e['test_best_downstream'] <= 1.0
+            if e['best_iter'] == e['curve'][-1][0]:  # best = last weights
+                assert e['test_best_downstream'] == pytest.approx(
+                    e['test_downstream'])
         # The test split of every run; the retention instruments.
         for key in ('test_downstream', 'upstream_head_reest_after',
                     'upstream_head_reest_before', 'upstream_cka'):
