@@ -278,6 +278,29 @@ def _interval(row: Optional[Dict]) -> str:
     return text
 
 
+def _to_adamw(paired: List[Dict]) -> List[Dict]:
+    """The comparisons with AdamW (not those of OLOR with its best peer)."""
+    return [p for p in paired if p.get('baseline', 'adamw') == 'adamw']
+
+
+def _peer_line(paired: List[Dict], task: str, regime: str,
+               metrics: Sequence[str], names: Sequence[str]) -> str:
+    """``\nOLOR (...) − its best peer spd (...): <metric> +1.0 [...] p ..``,
+    or '' where the cell has no such comparison."""
+    rows = {
+        p['metric']: p
+        for p in paired if (p['task'], p['regime']) == (task, regime)
+        and p.get('baseline', 'adamw') != 'adamw'
+    }
+    if not any(m in rows for m in metrics):
+        return ''
+    row = next(iter(rows.values()))
+    return (f"\n{setting_label('olor', row['config'])} − its best peer "
+            f"{setting_label(row['baseline'], row['baseline_config'])}: " +
+            '; '.join(f'{name} {_interval(rows.get(metric))}'
+                      for metric, name in zip(metrics, names)))
+
+
 def paired_tables(results: List[Dict], paired: List[Dict],
                   metric_names: Dict[str, str]) -> str:
     """One table per (task, regime): every setting's mean ± std over seeds
@@ -307,7 +330,7 @@ def paired_tables(results: List[Dict], paired: List[Dict],
         for (method, config), runs in settings.items():
             found = {
                 p['metric']: p
-                for p in paired
+                for p in _to_adamw(paired)
                 if (p['task'], p['regime'], p['method'],
                     json.dumps(p['config'], sort_keys=True)) == (task, regime,
                                                                  method,
@@ -328,7 +351,8 @@ def paired_tables(results: List[Dict], paired: List[Dict],
             names[1], '- AdamW [95% CI]'
         ]
         blocks.append(f'{task}, {regime} (old head before fine-tuning: '
-                      f'{before:.1f}):\n' + format_table(header, rows))
+                      f'{before:.1f}):\n' + format_table(header, rows) +
+                      _peer_line(paired, task, regime, metrics, names))
     return '\n\n'.join(blocks)
 
 
@@ -340,7 +364,7 @@ def plot_paired(paired: List[Dict], task: str, out: str,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    rows = [p for p in paired if p['task'] == task]
+    rows = [p for p in _to_adamw(paired) if p['task'] == task]
     regimes = list(OrderedDict.fromkeys(p['regime'] for p in rows))
     # The legend goes under each panel: room for one line per setting.
     settings = max([
@@ -461,7 +485,7 @@ def markdown_report(source: str, results: List[Dict], paired: List[Dict],
                 []).append(e)
         found = {(p['method'], json.dumps(p['config'], sort_keys=True),
                   p['metric']): p
-                 for p in paired
+                 for p in _to_adamw(paired)
                  if (p['task'], p['regime']) == (task, regime)}
         rows, measurable = [], []
         for (method, config), runs in settings.items():
@@ -488,11 +512,16 @@ def markdown_report(source: str, results: List[Dict], paired: List[Dict],
                 '− AdamW', 'val curve: peak → last', 'iterations'
             ], rows), ''
         ]
-        family = sum(1 for p in found.values() if p.get('p_holm') is not None)
+        family = sum(1 for p in paired
+                     if (p['task'], p['regime']) == (task, regime)
+                     and p.get('p_holm') is not None)
         lines.append(
             f'Measurable differences to AdamW (Holm p < 0.05 over the '
             f'{family} primary comparisons of this cell): ' +
             ('; '.join(measurable) if measurable else 'none') + '.')
+        peer = _peer_line(paired, task, regime, metrics, names).strip()
+        if peer:
+            lines += ['', peer + ' (Holm p over the same family).']
         lines.append('')
     return '\n'.join(lines)
 

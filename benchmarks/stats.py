@@ -127,15 +127,42 @@ def setting_key(entry: Dict) -> tuple:
             json.dumps(entry['config'], sort_keys=True))
 
 
+def _diff_row(runs: List[Dict], reference: Dict[int, Dict], metric: str,
+              **keys) -> Optional[Dict]:
+    """``runs`` minus ``reference`` (by seed) on ``metric``: the mean, its
+    95% t-interval and the two p-values (None when no seed has both)."""
+    diffs = [
+        e[metric] - reference[e['seed']][metric]
+        for e in sorted(runs, key=lambda e: e['seed'])
+        if e.get(metric) is not None
+        and reference.get(e['seed'], {}).get(metric) is not None
+    ]
+    if not diffs:
+        return None
+    mean, low, high = t_interval(diffs)
+    return dict(
+        keys,
+        metric=metric,
+        n=len(diffs),
+        mean_diff=mean,
+        ci_low=low,
+        ci_high=high,
+        p_t=t_test_p(diffs),
+        p_signflip=signflip_p(diffs))
+
+
 def paired(results: List[Dict],
            metrics: Sequence[str] = PAIRED_METRICS,
            baseline: str = 'adamw',
            primary: Optional[Sequence[str]] = None) -> List[Dict]:
-    """Every (task, regime, method, config) minus ``baseline``, by seed.
+    """Every (task, regime, method, config) minus ``baseline``, by seed;
+    and in a cell whose runs name OLOR's pre-registered ``best_peer``
+    (confirmatory runs), the chosen OLOR minus that peer.
 
     Args:
         results (list[dict]): The benchmark's ``results`` entries (``task``,
-            ``regime``, ``method``, ``config``, ``seed`` and the metrics).
+            ``regime``, ``method``, ``config``, ``seed``, the metrics and,
+            in confirmatory runs, ``best_peer``).
         metrics (Sequence[str]): The fields compared (where the runs have
             them). Defaults to :data:`PAIRED_METRICS`.
         baseline (str): The reference method, one run per (task, regime,
@@ -146,45 +173,76 @@ def paired(results: List[Dict],
 
     Returns:
         list[dict]: ``task``, ``regime``, ``method``, ``config``,
-        ``metric``, ``n`` (seeds with both runs), ``mean_diff``, ``ci_low``,
-        ``ci_high``, ``p_t`` (None when n < 2), ``p_signflip`` and
-        ``p_holm`` (the sign-flip p-value, Holm-adjusted over the primary
-        metrics' entries of the same task and regime; None for the other
-        metrics), in the order the settings first appear in ``results``.
-        Entries of a metric that only some runs have pair the runs that
-        have it.
+        ``baseline`` (the method subtracted: ``baseline``, or the best peer)
+        and ``baseline_config``, ``metric``, ``n`` (seeds with both runs),
+        ``mean_diff``, ``ci_low``, ``ci_high``, ``p_t`` (None when n < 2),
+        ``p_signflip`` and ``p_holm`` (the sign-flip p-value, Holm-adjusted
+        over the primary metrics' entries of the same task and regime, the
+        peer comparison included; None for the other metrics), in the order
+        the settings first appear in ``results``, each cell's peer
+        comparison after its baseline comparisons. Entries of a metric that
+        only some runs have pair the runs that have it.
     """
-    reference = {(e['task'], e['regime'], e['seed']): e
-                 for e in results if e['method'] == baseline}
-    groups: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
+    cells: 'OrderedDict[tuple, OrderedDict]' = OrderedDict()
     for entry in results:
-        if entry['method'] != baseline:
-            groups.setdefault(setting_key(entry), []).append(entry)
+        cell = cells.setdefault((entry['task'], entry['regime']),
+                                OrderedDict())
+        cell.setdefault(setting_key(entry), []).append(entry)
     out = []
-    for (task, regime, method, config), entries in groups.items():
-        for metric in metrics:
-            diffs = [
-                e[metric] - reference[task, regime, e['seed']][metric]
-                for e in sorted(entries, key=lambda e: e['seed'])
-                if e.get(metric) is not None and reference.get(
-                    (task, regime, e['seed']), {}).get(metric) is not None
-            ]
-            if not diffs:
+    for (task, regime), settings in cells.items():
+        by_method: Dict[str, List[list]] = {}
+        for (_, _, method, _), entries in settings.items():
+            by_method.setdefault(method, []).append(entries)
+        if len(by_method.get(baseline, [])) > 1:
+            raise ValueError(f'{task} {regime}: {baseline} ran with '
+                             'several settings')
+        reference = {e['seed']: e for e in by_method.get(baseline, [[]])[0]}
+        for (_, _, method, _), entries in settings.items():
+            if method == baseline:
                 continue
-            mean, low, high = t_interval(diffs)
-            out.append(
-                dict(
+            for metric in metrics:
+                row = _diff_row(
+                    entries,
+                    reference,
+                    metric,
                     task=task,
                     regime=regime,
                     method=method,
                     config=dict(entries[0]['config']),
-                    metric=metric,
-                    n=len(diffs),
-                    mean_diff=mean,
-                    ci_low=low,
-                    ci_high=high,
-                    p_t=t_test_p(diffs),
-                    p_signflip=signflip_p(diffs)))
+                    baseline=baseline,
+                    baseline_config={})
+                if row is not None:
+                    out.append(row)
+        peers = {
+            e['best_peer']
+            for entries in settings.values() for e in entries
+            if e.get('best_peer') is not None
+        }
+        if not peers:
+            continue
+        if len(peers) > 1:
+            raise ValueError(f'{task} {regime}: several best peers: '
+                             f'{sorted(peers)}')
+        olor, peer = by_method.get('olor', []), by_method.get(peers.pop(), [])
+        if len(olor) > 1 or len(peer) > 1:
+            raise ValueError(f'{task} {regime}: comparing OLOR with its best '
+                             'peer needs one setting of each')
+        if not olor or not peer:
+            continue
+        olor, peer = olor[0], peer[0]
+        for metric in metrics:
+            row = _diff_row(
+                olor, {e['seed']: e
+                       for e in peer},
+                metric,
+                task=task,
+                regime=regime,
+                method='olor',
+                config=dict(olor[0]['config']),
+                baseline=peer[0]['method'],
+                baseline_config=dict(peer[0]['config']))
+            if row is not None:
+                out.append(row)
     primary = primary_metrics(results) if primary is None else primary
     families: Dict[tuple, List[Dict]] = {}
     for row in out:

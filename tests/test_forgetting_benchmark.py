@@ -135,6 +135,42 @@ def test_paired_differences_by_seed():
     assert alone['p_t'] is None and alone['p_holm'] == 1.0
 
 
+def test_paired_compares_olor_with_its_pre_registered_best_peer():
+    """Confirmatory runs name the cell's best peer: the chosen OLOR minus
+    that peer, by seed, joins the cell's Holm family."""
+    results = []
+    for seed, (a, o, s) in enumerate([(0.5, 0.52, 0.56), (0.4, 0.43, 0.45),
+                                      (0.45, 0.44, 0.50)]):
+        for method, down, config in [('adamw', a, {}),
+                                     ('olor', o, dict(r_max=0.01)),
+                                     ('spd', s, dict(lam=1.0))]:
+            results.append(
+                dict(_entry(method, seed, down, 0.6 + seed / 10, config),
+                     best_peer='spd'))
+    rows = paired(results)
+    assert [(r['method'], r['baseline'], r['metric']) for r in rows] == [
+        ('olor', 'adamw', 'downstream'),
+        ('olor', 'adamw', 'upstream_head_after'),
+        ('spd', 'adamw', 'downstream'),
+        ('spd', 'adamw', 'upstream_head_after'),
+        ('olor', 'spd', 'downstream'),
+        ('olor', 'spd', 'upstream_head_after'),
+    ]
+    peer = rows[4]
+    assert peer['baseline_config'] == dict(lam=1.0)
+    assert peer['mean_diff'] == pytest.approx((-0.04 - 0.02 - 0.06) / 3)
+    assert peer['p_signflip'] == 2 / 8  # all three below 0
+    # One family of six: Holm over every primary comparison of the cell.
+    assert [r['p_holm'] for r in rows] == pytest.approx(
+        holm([r['p_signflip'] for r in rows]))
+    # Runs that name two peers, or two OLOR settings, are refused.
+    with pytest.raises(ValueError, match='several best peers'):
+        paired(results + [dict(results[0], best_peer='llrd', seed=9)])
+    with pytest.raises(ValueError, match='one setting of each'):
+        paired(results +
+               [dict(results[1], config=dict(r_max=0.003), seed=9)])
+
+
 def test_paired_pairs_the_runs_that_have_a_metric():
     results = [
         dict(_entry('adamw', 0, 0.5, 0.6), test_downstream=0.4),

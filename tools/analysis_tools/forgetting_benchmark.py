@@ -297,10 +297,11 @@ def parse_args(argv=None):
         except (OSError, ValueError, KeyError, TypeError) as e:
             parser.error(f'--settings-from: {args.settings_from!r} is not a '
                          f'--select output ({type(e).__name__}: {e})')
-        args.selection = {}
+        args.selection, args.best_peer = {}, {}
         for r in rows:
             args.selection.setdefault((r['task'], r['regime']),
                                       {})[r['method']] = r['config']
+            args.best_peer[r['task'], r['regime']] = r['best_peer']
         args.methods = ['adamw']
         for cell in args.selection.values():
             args.methods += [m for m in cell if m not in args.methods]
@@ -673,6 +674,11 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
         # numbers of iterations.
         walls.setdefault(task, []).append(
             sum(e['wall_s'] for e in entries) / iters)
+        if args.settings_from is not None:
+            # The cell's pre-registered best peer of OLOR (``paired``
+            # compares the chosen OLOR with it).
+            for e in entries:
+                e['best_peer'] = args.best_peer[e['task'], e['regime']]
         # In plan order, each AdamW run followed by its WiSE-FT entries.
         ordered.extend((index, i, e) for i, e in enumerate(entries))
         ordered.sort(key=lambda item: item[:2])
