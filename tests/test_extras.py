@@ -253,6 +253,40 @@ def test_a_missing_codebase_names_its_extra_in_one_line(without):
     assert 'Traceback' not in out.stderr
 
 
+def test_a_base_constructor_of_a_missing_codebase_names_its_extra(without):
+    """With mmseg gone: a base constructor only mmseg registers, unscoped
+    or scoped, asks for ``mmolor[seg]``; one that mmdet registers too is
+    mmdet's."""
+    run = without(['mmsegmentation'])
+    code = textwrap.dedent('''
+        from mmolor.optim import OLOROptimWrapperConstructor
+        from mmolor.version import MissingExtraError
+        for name in ('LayerDecayOptimizerConstructor',
+                     'mmseg.LayerDecayOptimizerConstructor',
+                     'mmseg.NoSuchConstructor',
+                     'LearningRateDecayOptimizerConstructor'):
+            try:
+                built = OLOROptimWrapperConstructor(
+                    dict(type='OptimWrapper',
+                         optimizer=dict(type='OLORAdamW', lr=0.1)),
+                    dict(base_constructor=name, num_layers=2))
+            except MissingExtraError as e:
+                print(e)
+            else:
+                print(type(built.base).__module__)
+    ''')
+    out = run('-c', code)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()[-4:]
+    for line, name in zip(lines, ('LayerDecayOptimizerConstructor',
+                                  'mmseg.LayerDecayOptimizerConstructor',
+                                  'mmseg.NoSuchConstructor')):
+        assert line.startswith(f'paramwise_cfg.base_constructor={name!r} '
+                               'needs mmsegmentation, which is not '
+                               "installed: pip install 'mmolor[seg]'"), line
+    assert lines[3].startswith('mmdet.'), lines[3]
+
+
 def test_codebases_of_a_config():
     cfg = Config(
         dict(

@@ -86,15 +86,16 @@ def test_hook_is_registered():
     assert MMDET_HOOKS.get('OLORDriftHook') is OLORDriftHook
 
 
-@pytest.mark.parametrize('kwargs', [
-    dict(interval=0),
-    dict(interval=1.5),
-    dict(interval=True),
-    dict(scope=[]),
-    dict(scope=[1])
+@pytest.mark.parametrize('kwargs,error', [
+    (dict(interval=0), ValueError),
+    (dict(interval=1.5), ValueError),
+    (dict(interval=True), ValueError),
+    (dict(scope=[]), ValueError),
+    (dict(scope=[1]), TypeError),
 ])
-def test_hook_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match='Invalid'):
+def test_hook_rejects_bad_arguments(kwargs, error):
+    """Bad arguments; the scope is checked as the constructor's."""
+    with pytest.raises(error, match='Invalid'):
         OLORDriftHook(**kwargs)
 
 

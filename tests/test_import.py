@@ -2,6 +2,8 @@
 """``import mmolor`` is light and silent; mmolor.compat's fixes reach every
 runner: one imported before mmolor, after it, or through a config's
 ``custom_imports`` the way mmdet's and mmseg's own tools load it."""
+import ast
+import glob
 import os
 import os.path as osp
 import subprocess
@@ -106,3 +108,38 @@ def test_optimizer_import_costs_no_more_than_mmengine_optim():
     for code in ('from mmolor.optim import OLORAdamW', 'import mmolor'):
         extra = _modules_after(code) - baseline
         assert {m for m in extra if m.split('.')[0] != 'mmolor'} == set()
+
+
+def test_optim_does_not_import_compat():
+    """mmolor.compat changes mmengine around the optimizers and imports
+    mmolor.optim; mmolor.optim imports no module of mmolor.compat, at any
+    level of its code."""
+    for path in glob.glob(osp.join(REPO, 'mmolor', 'optim', '*.py')):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = '.' * node.level + (node.module or '')
+                names = [
+                    module + ('.' if node.module else '') + a.name
+                    for a in node.names
+                ]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(('mmolor.compat', '..compat')), \
+                    f'{osp.relpath(path, REPO)}:{node.lineno} imports {name}'
+    # Building an OLOR optimizer under ZeRO's config form, too.
+    modules = _modules_after(
+        textwrap.dedent('''
+        from mmolor.optim import OLOROptimWrapperConstructor
+        OLOROptimWrapperConstructor(
+            dict(type='OptimWrapper',
+                 optimizer=dict(type='ZeroRedundancyOptimizer',
+                                optimizer_type='OLORAdamW', lr=0.1)),
+            dict(rollback=dict(max=0.1)))
+        '''))
+    assert 'mmolor.optim.constructor' in modules
+    assert {m for m in modules if m.startswith('mmolor.compat.')} == set()

@@ -297,10 +297,10 @@ def test_benchmark_adamb_loop_is_the_authors_formulation():
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """OLOR's fused CPU kernel, built here, with its calls counted."""
-    from mmolor.optim import _cpu_kernel
-    kernel = _cpu_kernel.cpu_kernel()
+    from mmolor.optim import cpu_kernel, cpu_kernel_error
+    kernel = cpu_kernel()
     assert kernel is not None, \
-        f'fused CPU kernel unavailable: {_cpu_kernel.cpu_kernel_error()}'
+        f'fused CPU kernel unavailable: {cpu_kernel_error()}'
     calls = []
 
     class Counting:
@@ -341,7 +341,7 @@ def test_cpu_kernel_leaves_other_dtypes_to_torch(kernel_calls):
 
 
 def test_cpu_kernel_rejects_bad_input_before_writing():
-    from mmolor.optim._cpu_kernel import cpu_kernel
+    from mmolor.optim import cpu_kernel
     kernel = cpu_kernel()
     p, g, buf = torch.ones(4), torch.ones(4), torch.zeros(4)
     anchors = [torch.zeros(4), torch.zeros(3)]  # second one: wrong size

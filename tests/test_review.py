@@ -27,9 +27,9 @@ SETTINGS = dict(
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """OLOR's fused CPU kernel with its calls recorded (name, spd flag)."""
-    from mmolor.optim import _cpu_kernel
-    kernel = _cpu_kernel.cpu_kernel()
-    assert kernel is not None, _cpu_kernel.cpu_kernel_error()
+    from mmolor.optim import cpu_kernel, cpu_kernel_error
+    kernel = cpu_kernel()
+    assert kernel is not None, cpu_kernel_error()
     calls = []
 
     class Recording:

@@ -44,6 +44,7 @@ from torch.distributed.fsdp import CPUOffload, FullOptimStateDictConfig
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.nn.parallel import DistributedDataParallel
 
+from ..optim import OLOROptimWrapperConstructor
 from . import patch_from
 
 __all__ = [
@@ -338,7 +339,6 @@ class FSDPStrategy(_MMEngineFSDPStrategy):
                             model: Optional[torch.nn.Module] = None) -> Any:
         """mmengine's, with OLOR's constructor seeing full parameters (see
         5. above)."""
-        from mmolor.optim import OLOROptimWrapperConstructor
         constructor = optim_wrapper.get('constructor') if isinstance(
             optim_wrapper, dict) else None
         if isinstance(constructor, str):

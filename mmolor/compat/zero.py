@@ -38,9 +38,8 @@ optimizers.
 import functools
 import inspect
 import sys
-from typing import Any, Callable, Dict, Optional, Type, Union
+from typing import Any, Callable, Dict, Type, Union
 
-import torch
 from mmengine.dist import is_distributed, is_main_process
 from mmengine.optim import OptimWrapperDict
 from mmengine.optim import ZeroRedundancyOptimizer as _MMEngineZeRO
@@ -48,30 +47,10 @@ from mmengine.registry import OPTIMIZERS
 from torch.distributed.rpc import is_available
 from torch.optim import Optimizer
 
+from ..optim import local_optimizer_class
 from . import patch_from
 
 __all__ = ['ZeroRedundancyOptimizer', 'local_optimizer_class', 'patch_zero']
-
-
-def local_optimizer_class(
-        optimizer_type: Union[str, Type[Optimizer]]) -> Optional[type]:
-    """The class that ZeRO's ``optimizer_type`` names, or None if unknown.
-
-    A class is returned as it is; a name is looked up in ``torch.optim``
-    (mmengine's own rule), then in the ``OPTIMIZERS`` registry under the
-    current default scope (which falls back to mmengine's root registry,
-    where mmolor registers its optimizers).
-    """
-    if isinstance(optimizer_type, type):
-        return optimizer_type
-    if not isinstance(optimizer_type, str):
-        return None
-    optimizer_cls = getattr(torch.optim, optimizer_type, None)
-    if isinstance(optimizer_cls, type) and issubclass(optimizer_cls,
-                                                      Optimizer):
-        return optimizer_cls
-    with OPTIMIZERS.switch_scope_and_registry(None) as registry:
-        return registry.get(optimizer_type)
 
 
 class ZeroRedundancyOptimizer(_MMEngineZeRO):

@@ -9,21 +9,14 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import Tensor, nn
 
-from mmolor.optim.layer_depth import get_layer_depths
-from mmolor.optim.olor import _OLORMixin, rollback_fraction
+from mmolor.optim import (get_layer_depths, is_anchored, olor_optimizer,
+                          validate_scope)
+from mmolor.optim.olor import rollback_fraction
 from .drift import layer_labels, relative_drift
 
 __all__ = ['OLORDriftHook', 'effective_kappa', 'olor_optimizer']
 
 DATA_BATCH = Optional[Sequence[dict]]
-
-
-def olor_optimizer(
-        optimizer: torch.optim.Optimizer) -> Optional[torch.optim.Optimizer]:
-    """The OLOR optimizer that holds the anchors: ``optimizer`` itself, the
-    local optimizer of a ZeRO optimizer (this rank's shard), or None."""
-    local = getattr(optimizer, 'optim', optimizer)  # torch's ZeRO: `.optim`
-    return local if isinstance(local, _OLORMixin) else None
 
 
 def effective_kappa(optimizer: torch.optim.Optimizer, group: dict) -> float:
@@ -90,13 +83,8 @@ class OLORDriftHook(Hook):
                 interval < 1:
             raise ValueError(f'Invalid interval: {interval!r} (expected an '
                              'int >= 1)')
-        if isinstance(scope, str):
-            scope = [scope]
-        if not scope or not all(isinstance(s, str) for s in scope):
-            raise ValueError(f'Invalid scope: {scope!r} (expected a str or '
-                             'a non-empty list of str)')
         self.interval = interval
-        self.scope = list(scope)
+        self.scope = validate_scope(scope)
         # label -> [(param, copy or None)]; filled at before_train
         self._stages: \
             'OrderedDict[str, List[Tuple[nn.Parameter, Optional[Tensor]]]]'
@@ -131,7 +119,7 @@ class OLORDriftHook(Hook):
         anchored = {
             p
             for group in (olor.param_groups if olor else ())
-            if olor._anchored(group) for p in group['params']
+            if is_anchored(group) for p in group['params']
         }
         self._stages = OrderedDict(
             (label, [(p, None if not p.requires_grad or p in anchored else

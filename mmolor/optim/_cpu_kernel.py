@@ -32,6 +32,9 @@ def cpu_kernel() -> Optional[ModuleType]:
     Imports it on the first call (about a millisecond); a failed import
     warns once and is not retried. :func:`cpu_kernel_error` says why it is
     unavailable.
+
+    Returns:
+        ModuleType, optional: ``mmolor.optim._olor_cpu``, or None.
     """
     global _module, _error
     if _module is not None or _error is not None:
@@ -58,5 +61,11 @@ def cpu_kernel() -> Optional[ModuleType]:
 
 
 def cpu_kernel_error() -> Optional[str]:
-    """Why :func:`cpu_kernel` returned None (None when it did not)."""
+    """Why :func:`cpu_kernel` returned None.
+
+    Returns:
+        str, optional: The reason (the import error, or that
+        ``MMOLOR_CPU_KERNEL=0`` switched it off); None when the kernel
+        loaded or :func:`cpu_kernel` was not called yet.
+    """
     return _error

@@ -3,19 +3,26 @@
 import copy
 import logging
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
+import torch
 from mmengine.dist import get_rank
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.optim import Optimizer
 
+from ..version import require_scope
 from .layer_depth import get_layer_depths
 from .olor import (OLORAdam, OLORAdamW, OLORSGD, validate_l2sp,
                    validate_review, validate_rollback)
 
-__all__ = ['OLOROptimWrapperConstructor', 'rollback_by_depth']
+__all__ = [
+    'OLOROptimWrapperConstructor', 'rollback_by_depth', 'validate_scope',
+    'local_optimizer_class'
+]
 
 _LAYER_MODES = ('block', 'stage', 'tensor')
 # The defaults of `paramwise_cfg['rollback']`. max / min / power are the
@@ -38,6 +45,15 @@ _DEFAULT_BASE = 'DefaultOptimWrapperConstructor'
 # Registries searched for an unscoped `base_constructor` that the current
 # default scope does not know (e.g. a test or a script with no scope).
 _CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
+# The optim wrapper constructors those codebases register: a name of one
+# that is not found asks for the extra that installs its codebase.
+_CODEBASE_CONSTRUCTORS = (
+    'mmdet.LearningRateDecayOptimizerConstructor',
+    'mmseg.LearningRateDecayOptimizerConstructor',
+    'mmseg.LayerDecayOptimizerConstructor',
+    'mmseg.ForceDefaultOptimWrapperConstructor',
+    'mmpretrain.LearningRateDecayOptimWrapperConstructor',
+)
 # The `paramwise_cfg` keys that each known base constructor reads (from its
 # `add_params` and `__init__`), by `codebase.ClassName`. A class matches
 # only itself: a subclass may read other keys.
@@ -133,8 +149,11 @@ class OLOROptimWrapperConstructor(DefaultOptimWrapperConstructor):
     looks up ``constructor`` (under the current default scope), else in the
     mmdet, mmseg and mmpretrain registries (a name registered by two of
     them must then be scoped: ``'mmseg.LearningRateDecayOptimizerConstructor'``
-    in a script with no default scope). Only its ``add_params`` is used, so
-    a constructor that overrides ``__call__`` is refused. Defaults to
+    in a script with no default scope). A name that one of those codebases
+    registers, where the codebase is not installed, raises
+    :class:`~mmolor.version.MissingExtraError` naming the extra to install
+    (``mmolor[seg]``). Only its ``add_params`` is used, so a constructor
+    that overrides ``__call__`` is refused. Defaults to
     ``'DefaultOptimWrapperConstructor'``.
 
     The ``paramwise_cfg`` keys that mmengine's default constructor and the
@@ -333,12 +352,36 @@ def _check_base_keys(base_cls: type, keys: List[str]) -> None:
             'or remove them.')
 
 
+def local_optimizer_class(
+        optimizer_type: Union[str, Type[Optimizer]]) -> Optional[type]:
+    """The class that ZeRO's ``optimizer_type`` names, or None if unknown.
+
+    A class is returned as it is; a name is looked up in ``torch.optim``
+    (mmengine's own rule), then in the ``OPTIMIZERS`` registry under the
+    current default scope (which falls back to mmengine's root registry,
+    where mmolor registers its optimizers).
+
+    Args:
+        optimizer_type (str | type): The ``optimizer_type`` of a
+            ``ZeroRedundancyOptimizer`` config.
+
+    Returns:
+        type, optional: The local optimizer's class, or None.
+    """
+    if isinstance(optimizer_type, type):
+        return optimizer_type
+    if not isinstance(optimizer_type, str):
+        return None
+    optimizer_cls = getattr(torch.optim, optimizer_type, None)
+    if isinstance(optimizer_cls, type) and issubclass(optimizer_cls,
+                                                      Optimizer):
+        return optimizer_cls
+    with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+        return registry.get(optimizer_type)
+
+
 def _check_olor_optimizer(optimizer_cfg: dict) -> None:
     """Refuse a rollback setting for an optimizer that is not OLOR's."""
-    # Here, not at the top: ZeRO's module is not the constructor's.
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    from ..compat.zero import local_optimizer_class
     optimizer_type = optimizer_cfg.get('type')
     optimizer_cls = optimizer_type
     if isinstance(optimizer_type, str):
@@ -422,10 +465,25 @@ def _lookup_constructor(name: str) -> type:
         raise ValueError(
             f'Invalid paramwise_cfg.base_constructor: {name!r} is ambiguous '
             f'without a default scope: write one of {sorted(found.values())}')
+    _require_codebase_of(name)
     raise ValueError(
         f'Invalid paramwise_cfg.base_constructor: {name!r} (no optim wrapper '
         f'constructor of that name is registered, in the current scope or in '
         f'{list(_CODEBASES)})')
+
+
+def _require_codebase_of(name: str) -> None:
+    """Raise :class:`~mmolor.version.MissingExtraError`, naming the extra to
+    install, when the constructor ``name`` (not found) is one that a codebase
+    which is not installed registers, or is scoped with such a codebase."""
+    needed_by = f'paramwise_cfg.base_constructor={name!r}'
+    scope, _, short = name.rpartition('.')
+    for qualified in _CODEBASE_CONSTRUCTORS:
+        codebase, _, cls_name = qualified.partition('.')
+        if cls_name == short and scope in ('', codebase):
+            require_scope(codebase, needed_by)
+    if scope:
+        require_scope(scope, needed_by)
 
 
 def _parse_rollback_cfg(cfg: Any) -> Dict[str, Any]:
@@ -455,7 +513,8 @@ def _parse_rollback_cfg(cfg: Any) -> Dict[str, Any]:
                          f"{cfg['layer']!r} (expected one of {_LAYER_MODES})")
     cfg['review'] = validate_review(cfg['review'],
                                     'paramwise_cfg.rollback.review')
-    cfg['scope'] = _parse_scope(cfg['scope'], 'paramwise_cfg.rollback.scope')
+    cfg['scope'] = validate_scope(cfg['scope'],
+                                  'paramwise_cfg.rollback.scope')
     return cfg
 
 
@@ -470,13 +529,27 @@ def _parse_l2sp_cfg(cfg: Any) -> Dict[str, Any]:
                          f'(allowed: {list(_L2SP_KEYS)})')
     return dict(
         alpha=validate_l2sp(cfg['alpha'], 'paramwise_cfg.l2sp.alpha'),
-        scope=_parse_scope(
+        scope=validate_scope(
             cfg.get('scope', _ROLLBACK_DEFAULTS['scope']),
             'paramwise_cfg.l2sp.scope'))
 
 
-def _parse_scope(scope: Any, name: str) -> List[str]:
-    """A scope setting as a list of module paths."""
+def validate_scope(scope: Any, name: str = 'scope') -> List[str]:
+    """Check a scope (the pre-trained modules, by attribute path in the
+    model, ``''`` the whole model) and return it as a list of paths.
+
+    Args:
+        scope (str | list[str] | tuple[str]): One path or several.
+        name (str): The setting's name in the messages. Defaults to
+            ``'scope'``.
+
+    Returns:
+        list[str]: The paths.
+
+    Raises:
+        TypeError: ``scope`` is not a str nor a list or tuple of str.
+        ValueError: ``scope`` is empty.
+    """
     if isinstance(scope, str):
         scope = [scope]
     if not isinstance(scope, (list, tuple)) or not all(

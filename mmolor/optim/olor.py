@@ -28,7 +28,10 @@ from torch.optim import SGD, Adam, AdamW
 from ._cpu_kernel import cpu_kernel
 from ._functional import olor_adam, olor_sgd, rollback_
 
-__all__ = ['OLORAdamW', 'OLORAdam', 'OLORSGD', 'rollback_']
+__all__ = [
+    'OLORAdamW', 'OLORAdam', 'OLORSGD', 'rollback_', 'is_olor_optimizer',
+    'olor_optimizer', 'is_anchored'
+]
 
 # Keys mmolor adds to every param group, with their defaults. All are
 # ordinary group keys: saved by ``state_dict()``, shown by ``repr``, and
@@ -151,6 +154,25 @@ def rollback_fraction(group: Dict[str, Any]) -> float:
     return min(rollback * lr / initial_lr, 1.0)
 
 
+def is_anchored(group: Dict[str, Any]) -> bool:
+    """Whether an OLOR param group keeps anchors of its parameters.
+
+    A group keeps them when it rolls back (``rollback > 0``) or takes L2-SP
+    (``l2sp > 0``), or will once a ParamScheduler, which records
+    ``initial_rollback``, raises its rollback. Each of its parameters gets
+    its anchor at its first step (see NOTE [anchor capture time]); the
+    other groups take no review and store no anchor.
+
+    Args:
+        group (dict): A param group of an OLOR optimizer.
+
+    Returns:
+        bool: Whether the group's parameters have (or will have) anchors.
+    """
+    return (group['rollback'] > 0 or group.get('initial_rollback', 0) > 0
+            or group['l2sp'] > 0)
+
+
 class _OLORMixin:
     """The review, shared by every OLOR optimizer.
 
@@ -238,14 +260,6 @@ class _OLORMixin:
                 if anchor is not None and anchor.dtype != dtype:
                     self.state[p]['anchor'] = anchor.to(dtype)
 
-    @staticmethod
-    def _anchored(group: Dict[str, Any]) -> bool:
-        # A group keeps anchors when it rolls back or takes L2-SP now, or
-        # will once a ParamScheduler (which records `initial_rollback`)
-        # raises its rollback.
-        return (group['rollback'] > 0 or group.get('initial_rollback', 0) > 0
-                or group['l2sp'] > 0)
-
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):
         """Perform a single optimization step: learn, then review.
@@ -270,7 +284,7 @@ class _OLORMixin:
         # initialises its own state under `len(state) == 0`.
         new_anchors = {}
         for group in self.param_groups:
-            anchored = self._anchored(group)
+            anchored = is_anchored(group)
             dtype = _torch_dtype(group['anchor_dtype'])
             for p in group['params']:
                 if p.grad is None:
@@ -321,7 +335,7 @@ class _OLORMixin:
                 self.state[p]['anchor']
                 if 'anchor' in self.state[p] else new_anchors[p]
                 for p in params
-            ] if self._anchored(group) else []
+            ] if is_anchored(group) else []
             options.update(
                 kappa=0.0 if skip_review else k,
                 review=group['review'],
@@ -578,6 +592,42 @@ class OLORAdam(_OLORAdamMixin, Adam):
 @OPTIMIZERS.register_module()
 class OLORSGD(_OLORSGDMixin, SGD):
     pass
+
+
+def is_olor_optimizer(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is an OLOR optimizer.
+
+    True for :class:`OLORAdamW`, :class:`OLORAdam`, :class:`OLORSGD` and
+    their subclasses; False for any other optimizer, including a wrapper
+    around an OLOR optimizer (see :func:`olor_optimizer`).
+
+    Args:
+        optimizer (object): The object to check.
+
+    Returns:
+        bool: Whether it is an OLOR optimizer.
+    """
+    return isinstance(optimizer, _OLORMixin)
+
+
+def olor_optimizer(
+        optimizer: torch.optim.Optimizer) -> Optional[torch.optim.Optimizer]:
+    """The OLOR optimizer that holds the anchors, or None.
+
+    That is ``optimizer`` itself, or the local optimizer of a ZeRO optimizer
+    (torch's or mmengine's ``ZeroRedundancyOptimizer``, whose ``optim`` is
+    this rank's shard) over an OLOR optimizer; None for any other
+    optimizer.
+
+    Args:
+        optimizer (torch.optim.Optimizer): An optimizer, e.g. the
+            ``optimizer`` of mmengine's optim wrapper.
+
+    Returns:
+        torch.optim.Optimizer, optional: The OLOR optimizer, or None.
+    """
+    local = getattr(optimizer, 'optim', optimizer)  # torch's ZeRO: `.optim`
+    return local if is_olor_optimizer(local) else None
 
 
 for _cls, _base in ((OLORAdamW, 'AdamW'), (OLORAdam, 'Adam'), (OLORSGD,
