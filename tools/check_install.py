@@ -27,7 +27,7 @@ def main() -> int:
     import timm
 
     import mmolor
-    from mmolor.optim._cpu_kernel import cpu_kernel, cpu_kernel_error
+    from mmolor.optim import cpu_kernel, cpu_kernel_error
     kernel = 'ready' if cpu_kernel() is not None else \
         f'UNAVAILABLE ({cpu_kernel_error()})'
     print(f'mmolor {mmolor.__version__} ready: torch {torch.__version__}, '

@@ -62,8 +62,7 @@ from torch import Tensor, nn
 from torch.optim import SGD, AdamW, Optimizer
 
 import mmolor  # noqa: F401  registries and version checks
-from mmolor.optim import OLORAdamW, OLORSGD
-from mmolor.optim._cpu_kernel import cpu_kernel, cpu_kernel_error
+from mmolor.optim import OLORAdamW, OLORSGD, cpu_kernel, cpu_kernel_error
 from mmolor.version import MissingExtraError, require, require_scope
 
 BACKBONES = {
