@@ -67,7 +67,7 @@ class OLORDriftHook(Hook):
 
     Args:
         interval (int): Log every this many iterations. Defaults to 50.
-        scope (str | Sequence[str]): The pre-trained modules, by attribute
+        scope (str | list[str]): The pre-trained modules, by attribute
             path in the model, as ``paramwise_cfg.rollback.scope``.
             Defaults to ``('backbone', )``.
     """
