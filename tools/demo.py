@@ -35,12 +35,17 @@ import threading
 import time
 from typing import Dict
 
-import torch
-from mmengine.config import Config
-from mmengine.logging import MMLogger, print_log
+from mmolor.utils.cli import quiet_startup
 
-import mmolor  # noqa: F401  registries
-from mmolor.version import MissingExtraError, require
+quiet_startup()  # before mmengine.runner is imported
+
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.logging import MMLogger, print_log  # noqa: E402
+
+import mmolor  # noqa: F401,E402  registries
+from mmolor.utils.cli import add_verbose, run_main  # noqa: E402
+from mmolor.version import require  # noqa: E402
 
 # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -88,7 +93,13 @@ def parse_args():
         action='store_true',
         help='fine-tune one method after the other (default: both at once '
         'when there are 2 or more cores; each uses one thread either way)')
+    add_verbose(parser)
     args = parser.parse_args()
+    if args.seed < 0:
+        parser.error(f'--seed: {args.seed} (expected >= 0)')
+    if args.work_dir is not None and osp.exists(args.work_dir) and \
+            not osp.isdir(args.work_dir):
+        parser.error(f'--work-dir: {args.work_dir!r} is a file')
     if args.iters is not None and args.iters < 2:
         parser.error(f'--iters: {args.iters} (expected >= 2: a warm-up '
                      'iteration and a cosine one)')
@@ -224,7 +235,7 @@ def main():
         (' (in parallel, one thread each)' if parallel else ''))
     commands = {
         name: train_command(DEMO_CONFIGS[key], osp.join(work_dir, key),
-                            options)
+                            options) + (['--verbose'] if args.verbose else [])
         for name, key in METHODS
     }
     walls = run_all(commands, parallel, log)
@@ -272,7 +283,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except MissingExtraError as e:  # one line: the extra to install
-        sys.exit(f'error: {e}')
+    run_main(main)

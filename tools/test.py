@@ -7,21 +7,23 @@ config's ``default_scope``. Importing mmolor makes checkpoints load on
 torch >= 2.6, and ``--launcher pytorch`` works on CPU-only machines.
 """
 import argparse
-import os
-import os.path as osp
 import sys
 import warnings
 from copy import deepcopy
 
-from mmengine.config import Config, ConfigDict, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmolor.utils.cli import quiet_startup
 
-import mmolor  # noqa: F401  registries; mmolor.compat's fixes (runner loaded)
-from mmolor.compat.dist import prepare_dist
-from mmolor.compat.checkpoint import trust_checkpoints
-from mmolor.utils import load_config, setup_scope
-from mmolor.version import MissingExtraError
+quiet_startup()  # before mmengine.runner is imported
+
+from mmengine.config import Config, ConfigDict  # noqa: E402
+
+import mmolor  # noqa: F401,E402  registries; mmolor.compat's fixes
+from mmolor.compat.checkpoint import trust_checkpoints  # noqa: E402
+from mmolor.utils.cli import (add_cfg_options, add_launcher,  # noqa: E402
+                              add_trust_checkpoint, add_verbose,
+                              add_work_dir, build_runner, check_file,
+                              load_tool_config, run_main,
+                              set_local_rank)
 
 
 def parse_args():
@@ -30,18 +32,10 @@ def parse_args():
         '(mmseg) config; the config\'s default_scope picks the codebase.')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='append',
-        metavar='PATH',
-        help='load this checkpoint even if torch refuses it with '
-        'weights_only=True (which can run code from the file: only for files '
-        'you trust); repeat for more files. Appends to '
-        'MMOLOR_TRUSTED_CHECKPOINTS')
-    parser.add_argument(
-        '--work-dir',
-        help='the directory to save the file containing evaluation metrics; '
-        'defaults to the config\'s work_dir, else '
+    add_trust_checkpoint(parser)
+    add_work_dir(
+        parser, 'the directory to save the file containing evaluation '
+        'metrics; defaults to the config\'s work_dir, else '
         './work_dirs/<config file name>')
     parser.add_argument(
         '--out',
@@ -58,41 +52,18 @@ def parse_args():
         'interval images)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher (pytorch for tools/dist_test.sh, slurm for '
-        'tools/slurm_test.sh); on machines without a GPU the gloo backend '
-        'is used')
+    add_cfg_options(parser)
+    add_launcher(parser, 'test')
     parser.add_argument(
         '--tta',
         action='store_true',
         help='test time augmentation (the config\'s tta_model and '
         'tta_pipeline; mmdet configs get a flip TTA when they lack them)')
-    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
-    # will pass the `--local-rank` parameter to `tools/train.py` instead
-    # of `--local_rank`.
-    parser.add_argument(
-        '--local_rank',
-        '--local-rank',
-        type=int,
-        default=0,
-        help='set by torch.distributed.launch; torchrun uses the LOCAL_RANK '
-        'environment variable instead')
+    add_verbose(parser)
     args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    set_local_rank(args)
+    check_file(parser, 'config', args.config, config=True)
+    check_file(parser, 'checkpoint', args.checkpoint, url=True)
     return args
 
 
@@ -176,21 +147,10 @@ def main():
     # before the runner loads anything; dist workers inherit it
     trust_checkpoints(args.trust_checkpoint)
 
-    # load config
-    cfg = load_config(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    # config, --cfg-options, --launcher and work_dir
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
+                           args.launcher)
     scope = cfg.get('default_scope', None)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        # update configs according to CLI args if args.work_dir is not None
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        # use config filename as default work_dir if cfg.work_dir is None
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
 
     cfg.load_from = args.checkpoint
 
@@ -212,18 +172,8 @@ def main():
             sys.exit(f'error: --out must be a .pkl or .pickle file, got '
                      f'{args.out}')
 
-    setup_scope(cfg)
-    # gloo process group and CPU model wrapper when there is no GPU
-    prepare_dist(cfg)
-
-    # build the runner from config
-    if 'runner_type' not in cfg:
-        # build the default runner
-        runner = Runner.from_cfg(cfg)
-    else:
-        # build customized runner from the registry
-        # if 'runner_type' is set in the cfg
-        runner = RUNNERS.build(cfg)
+    # the codebase's scope; gloo and a CPU model wrapper without a GPU
+    runner = build_runner(cfg)
 
     # add `DumpResults` dummy metric
     if args.out is not None and scope != 'mmseg':
@@ -239,7 +189,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except MissingExtraError as e:  # one line: the extra to install
-        sys.exit(f'error: {e}')
+    run_main(main)

@@ -10,20 +10,23 @@ with the gloo backend.
 """
 import argparse
 import logging
-import os
-import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
-from mmengine.logging import print_log
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmolor.utils.cli import quiet_startup
 
-import mmolor  # noqa: F401  registries; mmolor.compat's fixes (runner loaded)
-from mmolor.compat.dist import has_accelerator, prepare_dist
-from mmolor.compat.checkpoint import trust_checkpoints
-from mmolor.utils import load_config, setup_scope
-from mmolor.version import MissingExtraError
+quiet_startup()  # before mmengine.runner is imported
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+
+import mmolor  # noqa: F401,E402  registries; mmolor.compat's fixes
+from mmolor.compat.dist import has_accelerator  # noqa: E402
+from mmolor.compat.checkpoint import trust_checkpoints  # noqa: E402
+from mmolor.utils.cli import (add_cfg_options, add_launcher,  # noqa: E402
+                              add_trust_checkpoint, add_verbose,
+                              add_work_dir, build_runner, check_file,
+                              load_tool_config, run_main,
+                              set_local_rank)
 
 
 def parse_args():
@@ -31,9 +34,8 @@ def parse_args():
         description='Train a detector (mmdet) or a segmentor (mmseg) config '
         'with mmolor; the config\'s default_scope picks the codebase.')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument(
-        '--work-dir',
-        help='the dir to save logs and models; defaults to the config\'s '
+    add_work_dir(
+        parser, 'the dir to save logs and models; defaults to the config\'s '
         'work_dir, else ./work_dirs/<config file name>')
     parser.add_argument(
         '--amp',
@@ -54,45 +56,15 @@ def parse_args():
         help='If specify checkpoint path, resume from it, while if not '
         'specify, try to auto resume from the latest checkpoint '
         'in the work directory.')
-    parser.add_argument(
-        '--trust-checkpoint',
-        action='append',
-        metavar='PATH',
-        help='load this checkpoint even if torch refuses it with '
-        'weights_only=True (which can run code from the file: only for files '
-        'you trust); repeat for more files. Appends to '
-        'MMOLOR_TRUSTED_CHECKPOINTS')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher (pytorch for tools/dist_train.sh, slurm for '
-        'tools/slurm_train.sh); on machines without a GPU the gloo backend '
-        'is used')
-    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
-    # will pass the `--local-rank` parameter to `tools/train.py` instead
-    # of `--local_rank`.
-    parser.add_argument(
-        '--local_rank',
-        '--local-rank',
-        type=int,
-        default=0,
-        help='set by torch.distributed.launch; torchrun uses the LOCAL_RANK '
-        'environment variable instead')
+    add_trust_checkpoint(parser)
+    add_cfg_options(parser)
+    add_launcher(parser, 'train')
+    add_verbose(parser)
     args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-
+    set_local_rank(args)
+    check_file(parser, 'config', args.config, config=True)
+    if args.resume not in (None, 'auto'):
+        check_file(parser, '--resume', args.resume, url=True)
     return args
 
 
@@ -117,20 +89,9 @@ def main():
     # before the runner loads anything; dist workers inherit it
     trust_checkpoints(args.trust_checkpoint)
 
-    # load config
-    cfg = load_config(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        # update configs according to CLI args if args.work_dir is not None
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        # use config filename as default work_dir if cfg.work_dir is None
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    # config, --cfg-options, --launcher and work_dir
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
+                           args.launcher)
 
     # enable automatic-mixed-precision training
     if args.amp is True:
@@ -161,25 +122,12 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
-    setup_scope(cfg)
-    # gloo process group and CPU model wrapper when there is no GPU
-    prepare_dist(cfg)
-
-    # build the runner from config
-    if 'runner_type' not in cfg:
-        # build the default runner
-        runner = Runner.from_cfg(cfg)
-    else:
-        # build customized runner from the registry
-        # if 'runner_type' is set in the cfg
-        runner = RUNNERS.build(cfg)
+    # the codebase's scope; gloo and a CPU model wrapper without a GPU
+    runner = build_runner(cfg)
 
     # start training
     runner.train()
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except MissingExtraError as e:  # one line: the extra to install
-        sys.exit(f'error: {e}')
+    run_main(main)

@@ -13,6 +13,10 @@ import argparse
 import os.path as osp
 import sys
 
+from mmolor.utils.cli import add_verbose, quiet_startup
+
+quiet_startup()  # before mmengine.runner is imported
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -20,6 +24,7 @@ def parse_args():
                         help='print a Markdown table (as in README.md)')
     parser.add_argument('--only', nargs='*', default=None,
                         help='backbone types to check (default: all)')
+    add_verbose(parser)
     return parser.parse_args()
 
 

@@ -14,11 +14,14 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
+from mmolor.utils.cli import quiet_startup
 
-import mmolor  # noqa: F401  registries
-from mmolor.utils import load_config, require_codebases
-from mmolor.version import MissingExtraError
+quiet_startup()  # before mmengine.runner is imported
+
+import mmolor  # noqa: F401,E402  registries
+from mmolor.utils import load_config, require_codebases  # noqa: E402
+from mmolor.utils.cli import (add_cfg_options, add_verbose,  # noqa: E402
+                              check_file, run_main)
 
 # benchmarks/ is in the checkout, beside mmolor/, and is not installed.
 sys.path.insert(
@@ -34,13 +37,15 @@ def parse_args():
         '--out',
         help='output PNG; defaults to <config name>_rollback.png in the '
         'current directory')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, as for '
+    add_cfg_options(
+        parser, 'override some settings in the used config, as for '
         'tools/train.py (e.g. optim_wrapper.paramwise_cfg.rollback.max=0.05)')
-    return parser.parse_args()
+    add_verbose(parser)
+    args = parser.parse_args()
+    check_file(parser, 'config', args.config, config=True)
+    if args.out is not None and not osp.isdir(osp.dirname(args.out) or '.'):
+        parser.error(f'--out: no such directory {osp.dirname(args.out)!r}')
+    return args
 
 
 def main():
@@ -65,7 +70,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except MissingExtraError as e:  # one line: the extra to install
-        sys.exit(f'error: {e}')
+    run_main(main)

@@ -1,0 +1,84 @@
+# Copyright (c) mmolor contributors. All rights reserved.
+"""Every tool, started as a user starts it: no start-up noise from the
+libraries, and a bad argument or file refused in argparse's format (exit
+code 2, the usage, then one line naming the argument and its value) before
+anything runs or any folder is written."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+# Starts the tools, several at once.
+pytestmark = pytest.mark.slow
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CLS_CONFIG = 'configs/demo/resnet18-w16_adamw_300i_digit-crops.py'
+DET_CONFIG = 'configs/demo/mask-rcnn_r18-w16_fpn_olor-adamw_900i_digits.py'
+# Printed by the libraries when a tool starts (DeepSpeed, torch.jit,
+# pkg_resources), unless --verbose.
+NOISE = ('real_accelerator', 'FutureWarning', 'UserWarning', 'Traceback')
+
+# tool -> [(arguments, what the error line must name)]; WORK stands for a
+# work dir that must not be created.
+BAD = {
+    'tools/train.py': [
+        (['nope.py', '--work-dir', 'WORK'], "config: no such file 'nope.py'"),
+        (['README.md', '--work-dir', 'WORK'], "config: 'README.md'"),
+        ([CLS_CONFIG, '--work-dir', 'WORK', '--cfg-options', 'oops'],
+         "--cfg-options: invalid item 'oops'"),
+        ([CLS_CONFIG, '--work-dir', 'WORK', '--resume', 'nope.pth'],
+         "--resume: no such file 'nope.pth'"),
+    ],
+    'tools/test.py': [
+        ([CLS_CONFIG, 'nope.pth', '--work-dir', 'WORK'],
+         "checkpoint: no such file 'nope.pth'"),
+        (['nope.py', 'nope.pth', '--work-dir', 'WORK'],
+         "config: no such file 'nope.py'"),
+    ],
+    'tools/demo.py': [
+        (['--seed', '-1', '--work-dir', 'WORK'], '--seed: -1'),
+        (['--iters', '1', '--work-dir', 'WORK'], '--iters: 1'),
+    ],
+    'tools/analysis_tools/plot_rollback.py': [
+        (['nope.py'], "config: no such file 'nope.py'"),
+        ([DET_CONFIG, '--out', 'WORK/r.png'], '--out: no such directory'),
+    ],
+}
+
+
+def run_all(cases, tmp_path):
+    """Start every case at once; return (case, work dir, result)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env.pop('PYTHONWARNINGS', None)
+    procs = []
+    for i, (tool, argv, expected) in enumerate(cases):
+        work = str(tmp_path / f'work{i}')
+        argv = [a.replace('WORK', work) for a in argv]
+        procs.append(((tool, argv, expected), work, subprocess.Popen(
+            [sys.executable, tool, *argv], cwd=ROOT, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+    return [(case, work, proc, *proc.communicate(timeout=300))
+            for case, work, proc in procs]
+
+
+@pytest.mark.parametrize('tool', list(BAD))
+def test_bad_arguments_are_refused_before_any_work(tool, tmp_path):
+    cases = [(tool, argv, expected) for argv, expected in BAD[tool]]
+    # --help starts the tool without the libraries' notices.
+    cases.append((tool, ['--help'], None))
+    for (_, argv, expected), work, proc, out, err in run_all(cases,
+                                                            tmp_path):
+        for noise in NOISE:
+            assert noise not in err, (argv, err)
+        if expected is None:
+            assert proc.returncode == 0 and err == '', (argv, err)
+            assert out.startswith('usage: '), out
+            continue
+        assert proc.returncode == 2, (argv, proc.returncode, err)
+        assert err.startswith('usage: '), (argv, err)
+        line = err.rstrip('\n').splitlines()[-1]
+        assert line.startswith(f'{osp.basename(tool)}: error: '), (argv, err)
+        assert expected in line, (argv, line)
+        assert not osp.exists(work), argv
