@@ -10,9 +10,9 @@ import numpy as np
 from .stats import PRIMARY_METRICS, primary_metrics
 
 __all__ = [
-    'format_table', 'demo_tables', 'plot_drift', 'summarize', 'plot_tradeoff',
-    'setting_label', 'paired_tables', 'plot_paired', 'markdown_report',
-    'write_markdown'
+    'format_table', 'demo_tables', 'plot_drift', 'setting_label',
+    'paired_tables', 'plot_paired', 'protocol_choice', 'start_here',
+    'markdown_report', 'write_markdown'
 ]
 
 
@@ -149,113 +149,6 @@ def _mean_std(values: Sequence[float]) -> tuple:
     values = np.asarray(values, dtype=float)
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return float(values.mean()), std
-
-
-def summarize(results: List[Dict],
-              keys: Sequence[str] = ('downstream', 'upstream_before',
-                                     'upstream_after'),
-              baseline: Optional[str] = 'adamw') -> List[Dict]:
-    """Mean and std (over seeds) of every (method, config).
-
-    Args:
-        results (list[dict]): The benchmark's ``results`` entries.
-        keys (Sequence[str]): Numeric fields to summarise.
-        baseline (str, optional): A method with a single setting; every
-            other setting also gets ``delta_<key>_mean`` / ``_std``, the
-            mean and std over seeds of its difference to the baseline run
-            of the same seed (paired). Defaults to ``'adamw'``.
-
-    Returns:
-        list[dict]: ``dict(method, config, n, <key>_mean, <key>_std, ...)``
-        in the order the settings first appear. ``std`` is the sample
-        standard deviation (ddof 1; 0 for a single seed).
-    """
-    groups: 'OrderedDict[tuple, List[Dict]]' = OrderedDict()
-    for r in results:
-        key = (r['method'], json.dumps(r['config'], sort_keys=True))
-        groups.setdefault(key, []).append(r)
-    reference = {r['seed']: r for r in results if r['method'] == baseline}
-    out = []
-    for (method, _), entries in groups.items():
-        row = dict(
-            method=method, config=dict(entries[0]['config']), n=len(entries))
-        for key in keys:
-            values = [e[key] for e in entries if key in e]
-            if not values:
-                continue
-            row[f'{key}_mean'], row[f'{key}_std'] = _mean_std(values)
-            paired = [
-                e[key] - reference[e['seed']][key] for e in entries
-                if e['seed'] in reference and key in e
-            ]
-            if method != baseline and paired:
-                row[f'delta_{key}_mean'], row[f'delta_{key}_std'] = \
-                    _mean_std(paired)
-        out.append(row)
-    return out
-
-
-def _label(row: Dict) -> str:
-    config = ', '.join(f'{k}={v}' for k, v in row['config'].items())
-    return f"{row['method']}" + (f' ({config})' if config else '')
-
-
-def plot_tradeoff(summary: List[Dict],
-                  out: str,
-                  y_keys: Sequence[str] = ('upstream_after',
-                                           'upstream_head_after'),
-                  y_labels: Sequence[str] = ('upstream kNN accuracy',
-                                             'upstream old-head accuracy'),
-                  x_key: str = 'downstream',
-                  x_label: str = 'downstream bbox AP') -> None:
-    """Downstream vs upstream (mean ± std over seeds), one point a setting.
-
-    One panel per ``y_keys`` entry present in ``summary``.
-    """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    panels = [(k, lab) for k, lab in zip(y_keys, y_labels)
-              if any(f'{k}_mean' in r for r in summary)]
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    colours = dict(adamw='C0', l2sp='C2', olor='C1')
-    markers = 'osD^v<>pPX*'
-    for ax, (key, label) in zip(axes[0], panels):
-        seen: Dict[str, int] = {}
-        for row in summary:
-            if f'{key}_mean' not in row:
-                continue
-            i = seen[row['method']] = seen.get(row['method'], -1) + 1
-            ax.errorbar(
-                row[f'{x_key}_mean'],
-                row[f'{key}_mean'],
-                xerr=row[f'{x_key}_std'],
-                yerr=row[f'{key}_std'],
-                fmt=markers[i % len(markers)],
-                color=colours.get(row['method'], 'k'),
-                capsize=3,
-                label=_label(row))
-        before = [
-            r['upstream_before_mean'] for r in summary
-            if key == 'upstream_after' and 'upstream_before_mean' in r
-        ]
-        before += [
-            r['upstream_head_before_mean'] for r in summary if
-            key == 'upstream_head_after' and 'upstream_head_before_mean' in r
-        ]
-        if before:
-            ax.axhline(
-                np.mean(before), color='grey', ls=':', label='pre-trained')
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc='best')
-    fig.suptitle('Forgetting benchmark: mean ± std over seeds', fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
 
 
 def setting_label(method: str, config: Dict) -> str:
@@ -454,6 +347,96 @@ def _curve_shape(runs: List[Dict]) -> str:
             f'{100 * mean[-1]:.1f}')
 
 
+def _measurable(row: Optional[Dict], sign: int) -> bool:
+    """Whether ``row`` is a measurable difference (Holm p < 0.05) of the
+    given sign."""
+    return bool(row and row.get('p_holm') is not None
+                and row['p_holm'] < 0.05 and sign * row['mean_diff'] > 0)
+
+
+# The methods a config can ship (WiSE-FT interpolates weights after
+# training: no optimizer setting gives it).
+SHIPPABLE = ('olor', 'olor-spd', 'spd', 'l2sp', 'llrd', 'olor+llrd')
+
+
+def protocol_choice(paired: List[Dict], task: str,
+                    regime: str) -> Optional[Dict]:
+    """What a config of this cell ships by benchmarks/PROTOCOL.md's section
+    6: the method (of :data:`SHIPPABLE`) with the largest measurable
+    retention gain over AdamW among those with no measurable downstream
+    cost; OLOR instead where that method is OLOR's best peer and OLOR is
+    not measurably worse than it on either primary metric.
+
+    Args:
+        paired (list[dict]): :func:`~benchmarks.stats.paired` of a
+            confirmatory cell's runs (test split, ``best_peer``).
+        task (str): The cell's task.
+        regime (str): The cell's regime.
+
+    Returns:
+        dict, optional: ``method``, ``config`` and ``rows`` (its comparisons
+        with AdamW by metric), None where no method qualifies (ship the
+        recipe without a review).
+    """
+    down, keep = PRIMARY_METRICS
+    cell = [p for p in paired if (p['task'], p['regime']) == (task, regime)]
+    to_adamw = {(p['method'], p['metric']): p for p in _to_adamw(cell)}
+    candidates = [
+        p for p in _to_adamw(cell)
+        if p['metric'] == keep and p['method'] in SHIPPABLE
+        and _measurable(p, +1)
+        and not _measurable(to_adamw.get((p['method'], down)), -1)
+    ]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda p: p['mean_diff'])
+    peer = {p['metric']: p for p in cell
+            if p.get('baseline', 'adamw') == best['method']
+            and p['method'] == 'olor'}
+    method = best['method']
+    if peer and not any(_measurable(peer.get(m), -1) for m in (down, keep)):
+        method = 'olor'
+    rows = {m: to_adamw[method, m] for m in (down, keep)
+            if (method, m) in to_adamw}
+    return dict(method=method, config=next(iter(rows.values()))['config'],
+                rows=rows)
+
+
+def start_here(paired: List[Dict]) -> str:
+    """The start-here table: per confirmatory cell, the chosen OLOR minus
+    its best peer and what a config ships (:func:`protocol_choice`), with
+    its differences to AdamW; a markdown table, or '' without confirmatory
+    cells."""
+    down, keep = PRIMARY_METRICS
+    cells = OrderedDict.fromkeys(
+        (p['task'], p['regime']) for p in paired
+        if p.get('baseline', 'adamw') != 'adamw')
+    rows = []
+    for task, regime in cells:
+        peer = {p['metric']: p for p in paired
+                if (p['task'], p['regime']) == (task, regime)
+                and p.get('baseline', 'adamw') != 'adamw'}
+        any_peer = next(iter(peer.values()))
+        choice = protocol_choice(paired, task, regime)
+        rows.append([
+            f'{task}, {regime}', any_peer['n'],
+            setting_label(any_peer['baseline'],
+                          any_peer['baseline_config']),
+            _interval(peer.get(down)), _interval(peer.get(keep)),
+            setting_label(choice['method'], choice['config'])
+            if choice else 'the recipe, no review',
+            _interval(choice['rows'].get(down)) if choice else '-',
+            _interval(choice['rows'].get(keep)) if choice else '-'
+        ])
+    if not rows:
+        return ''
+    return _md_table([
+        'cell', 'seeds', "OLOR's best peer", 'OLOR − peer: downstream (test)',
+        'OLOR − peer: old head (BN re-est.)', 'a config ships',
+        '− AdamW: downstream (test)', '− AdamW: old head (BN re-est.)'
+    ], rows)
+
+
 def markdown_report(source: str, results: List[Dict], paired: List[Dict],
                     meta: Dict, metric_names: Dict[str, str]) -> str:
     """One JSON's results as markdown: per (task, regime) the settings'
@@ -521,27 +504,46 @@ def markdown_report(source: str, results: List[Dict], paired: List[Dict],
             ('; '.join(measurable) if measurable else 'none') + '.')
         peer = _peer_line(paired, task, regime, metrics, names).strip()
         if peer:
-            lines += ['', peer + ' (Holm p over the same family).']
+            choice = protocol_choice(paired, task, regime)
+            lines += [
+                '', peer + ' (Holm p over the same family). A config of '
+                'this cell ships (PROTOCOL.md, section 6): ' +
+                (setting_label(choice['method'], choice['config'])
+                 if choice else 'the recipe without a review') + '.'
+            ]
         lines.append('')
     return '\n'.join(lines)
 
 
-def write_markdown(path: str, body: str) -> None:
-    """Put ``body`` between :data:`MARKDOWN_BEGIN` and :data:`MARKDOWN_END`
-    in ``path``: replacing the block where the file has one (the prose
-    around it stays), else a new file of the block alone."""
-    block = f'{MARKDOWN_BEGIN}\n\n{body.rstrip()}\n\n{MARKDOWN_END}'
+# The start-here table's block (:func:`start_here`), in the files that
+# have one.
+START_BEGIN = ('<!-- start-here table, generated by tools/analysis_tools/'
+               'forgetting_benchmark.py --report ... --markdown: do not '
+               'edit by hand -->')
+START_END = '<!-- end of start-here table -->'
+
+
+def write_markdown(path: str, body: str, start: str = '') -> None:
+    """Put the report ``body`` between :data:`MARKDOWN_BEGIN` and
+    :data:`MARKDOWN_END` and the start-here table ``start`` between
+    :data:`START_BEGIN` and :data:`START_END` in ``path``: each block the
+    file has is replaced (the prose around it stays); a file with neither
+    (or no file) gets the report block alone."""
     text = None
     try:
         with open(path) as f:
             text = f.read()
     except FileNotFoundError:
         pass
-    if text is not None and MARKDOWN_BEGIN in text and MARKDOWN_END in text:
-        head = text[:text.index(MARKDOWN_BEGIN)]
-        tail = text[text.index(MARKDOWN_END) + len(MARKDOWN_END):]
-        text = head + block + tail
-    else:
-        text = block + '\n'
+    blocks = [(MARKDOWN_BEGIN, MARKDOWN_END, body),
+              (START_BEGIN, START_END, start or 'No confirmatory cell yet.')]
+    found = [b for b in blocks
+             if text is not None and b[0] in text and b[1] in text]
+    if not found:
+        text, found = MARKDOWN_BEGIN + MARKDOWN_END + '\n', blocks[:1]
+    for begin, end, content in found:
+        head = text[:text.index(begin)]
+        tail = text[text.index(end) + len(end):]
+        text = f'{head}{begin}\n\n{content.rstrip()}\n\n{end}{tail}'
     with open(path, 'w') as f:
         f.write(text)

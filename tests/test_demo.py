@@ -19,8 +19,7 @@ import mmolor.engine  # noqa: F401  until mmolor imports it itself
 from benchmarks.datasets import (load_digit_split, render_digits,
                                  write_digit_scenes)
 from benchmarks.protocol import DEMO_CONFIGS, Upstream, measure_backbone
-from benchmarks.report import (demo_tables, format_table, plot_drift,
-                               summarize)
+from benchmarks.report import demo_tables, format_table, plot_drift
 from benchmarks.rollback import build_model, rollback_by_layer
 from benchmarks.upstream import (build_backbone, pretrain_upstream,
                                  save_upstream)
@@ -227,37 +226,6 @@ def test_report_table_and_plot(tmp_path):
     assert format_table(['a', 'b'], [[1, 22]]).splitlines() == \
         ['a   b', '-  --', '1  22']
 
-
-def test_summarize_mean_and_std():
-    results = [
-        dict(
-            method='olor',
-            config=dict(r_max=0.1),
-            seed=s,
-            downstream=d,
-            upstream_before=1.0,
-            upstream_after=a)
-        for s, d, a in ((0, 0.2, 0.9), (1, 0.4, 0.8), (2, 0.3, 0.7))
-    ] + [
-        dict(
-            method='adamw',
-            config={},
-            seed=0,
-            downstream=0.5,
-            upstream_before=1.0,
-            upstream_after=0.6)
-    ]
-    olor, adamw = summarize(results)
-    assert (olor['method'], olor['n'], adamw['n']) == ('olor', 3, 1)
-    assert olor['config'] == dict(r_max=0.1)
-    assert olor['downstream_mean'] == pytest.approx(0.3)
-    assert olor['downstream_std'] == pytest.approx(0.1)
-    assert olor['upstream_after_std'] == pytest.approx(0.1)
-    assert adamw['upstream_after_std'] == 0.0
-    # Paired with the AdamW run of the same seed (only seed 0 has one).
-    assert olor['delta_upstream_after_mean'] == pytest.approx(0.3)
-    assert olor['delta_downstream_std'] == 0.0
-    assert 'delta_downstream_mean' not in adamw
 
 
 def test_demo_configs_differ_only_in_the_optimizer():

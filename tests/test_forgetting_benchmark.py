@@ -171,6 +171,67 @@ def test_paired_compares_olor_with_its_pre_registered_best_peer():
                [dict(results[1], config=dict(r_max=0.003), seed=9)])
 
 
+def _confirmatory(gains):
+    """Ten seeds of test-split runs: ``gains`` maps a method to its
+    (downstream, retention) difference to AdamW, with seed noise."""
+    results = []
+    for seed in range(10):
+        wobble = 0.001 * (seed % 3 - 1)
+        for method, (down, keep) in dict(adamw=(0.0, 0.0), **gains).items():
+            results.append(
+                dict(task='cls', regime='related-few', method=method,
+                     config={}, seed=seed, best_peer='spd',
+                     test_downstream=0.8 + 0.01 * seed + down + wobble,
+                     upstream_head_reest_after=0.7 + keep - wobble,
+                     upstream_head_reest_before=0.9))
+    return results
+
+
+def test_protocol_choice_follows_section_6():
+    from benchmarks.report import protocol_choice, start_here
+    # SPD keeps the most without a downstream cost; OLOR is measurably
+    # below it: SPD. LLRD keeps more but costs downstream: not chosen.
+    rows = paired(_confirmatory(dict(olor=(0.02, 0.02), spd=(0.05, 0.04),
+                                     llrd=(-0.03, 0.08))))
+    choice = protocol_choice(rows, 'cls', 'related-few')
+    assert choice['method'] == 'spd'
+    assert choice['rows']['upstream_head_reest_after']['mean_diff'] == \
+        pytest.approx(0.04)
+    table = start_here(rows)
+    assert '| cls, related-few | 10 | spd |' in table
+    assert '| spd | +5.0 [' in table
+    # OLOR not measurably below its best peer (the same numbers): OLOR.
+    rows = paired(_confirmatory(dict(olor=(0.05, 0.04), spd=(0.05, 0.04))))
+    assert protocol_choice(rows, 'cls', 'related-few')['method'] == 'olor'
+    # Every retention gain costs downstream: the recipe, no review.
+    rows = paired(_confirmatory(dict(olor=(-0.02, 0.02), spd=(-0.05, 0.04))))
+    assert protocol_choice(rows, 'cls', 'related-few') is None
+    assert 'the recipe, no review' in start_here(rows)
+    # Without confirmatory cells there is no table.
+    assert start_here(paired([_entry('adamw', 0, 0.5, 0.6)])) == ''
+
+
+def test_write_markdown_fills_the_blocks_a_file_has(tmp_path):
+    from benchmarks.report import (MARKDOWN_BEGIN, MARKDOWN_END, START_BEGIN,
+                                   START_END, write_markdown)
+    both = tmp_path / 'both.md'
+    both.write_text(f'a\n{START_BEGIN}old{START_END}\nb\n'
+                    f'{MARKDOWN_BEGIN}old{MARKDOWN_END}\nc\n')
+    write_markdown(str(both), 'REPORT', 'TABLE')
+    assert both.read_text() == (
+        f'a\n{START_BEGIN}\n\nTABLE\n\n{START_END}\nb\n'
+        f'{MARKDOWN_BEGIN}\n\nREPORT\n\n{MARKDOWN_END}\nc\n')
+    start_only = tmp_path / 'start.md'
+    start_only.write_text(f'x {START_BEGIN}{START_END} y')
+    write_markdown(str(start_only), 'REPORT', '')
+    assert start_only.read_text() == (
+        f'x {START_BEGIN}\n\nNo confirmatory cell yet.\n\n{START_END} y')
+    new = tmp_path / 'new.md'
+    write_markdown(str(new), 'REPORT', 'TABLE')
+    assert new.read_text() == f'{MARKDOWN_BEGIN}\n\nREPORT\n\n' \
+        f'{MARKDOWN_END}\n'
+
+
 def test_paired_pairs_the_runs_that_have_a_metric():
     results = [
         dict(_entry('adamw', 0, 0.5, 0.6), test_downstream=0.4),
