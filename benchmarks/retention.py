@@ -19,14 +19,12 @@ images, so the old head measures what the weights kept;
 :func:`linear_cka` compares representations without any head.
 
 :func:`old_head_accuracy` measures the last one as a user would, with
-``tools/analysis_tools/upstream_retention.py``: the upstream model as an
+:func:`mmolor.evaluation.upstream_retention` (the command line
+``tools/analysis_tools/upstream_retention.py``): the upstream model as an
 mmpretrain ImageClassifier, evaluated by its runner with each fine-tuned
 backbone swapped in.
 """
 import contextlib
-import functools
-import importlib.util
-import json
 import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -165,17 +163,6 @@ def upstream_scores(backbone: nn.Module,
     return scores
 
 
-@functools.lru_cache()
-def _retention_tool():
-    """``tools/analysis_tools/upstream_retention.py`` as a module."""
-    path = osp.join(REPO_ROOT, 'tools', 'analysis_tools',
-                    'upstream_retention.py')
-    spec = importlib.util.spec_from_file_location('upstream_retention', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def old_head_accuracy(upstream: str, classes: Sequence[int], test_root: str,
                       checkpoints: Sequence[str],
                       work_dir: str) -> Tuple[float, List[float]]:
@@ -183,9 +170,11 @@ def old_head_accuracy(upstream: str, classes: Sequence[int], test_root: str,
     checkpoint's backbone in place of its own (head kept), on held-out
     upstream digits, in [0, 1].
 
-    Runs ``upstream_retention.py`` (in this process): the upstream model is
-    :data:`UPSTREAM_CONFIG` with ``len(classes)`` classes, its test set the
-    images under ``test_root`` (``crops/val.txt``).
+    Runs :func:`mmolor.evaluation.upstream_retention`: the upstream model
+    is :data:`UPSTREAM_CONFIG` with ``len(classes)`` classes, its test set
+    the images under ``test_root`` (``crops/val.txt``). What
+    ``upstream_retention.py`` would print and write goes into
+    ``work_dir``.
 
     Args:
         upstream (str): The upstream checkpoint (``backbone.*``,
@@ -200,6 +189,8 @@ def old_head_accuracy(upstream: str, classes: Sequence[int], test_root: str,
         tuple: The upstream model's accuracy and one per checkpoint.
     """
     from mmengine.config import Config
+
+    from mmolor.evaluation import format_table, upstream_retention, write_json
     os.makedirs(work_dir, exist_ok=True)
     cfg = Config.fromfile(UPSTREAM_CONFIG)
     names = tuple(f'digit_{c}' for c in classes)
@@ -213,12 +204,14 @@ def old_head_accuracy(upstream: str, classes: Sequence[int], test_root: str,
     })
     config = osp.join(work_dir, 'upstream_classifier.py')
     cfg.dump(config)
+    # The runner's log and the tool's output, as upstream_retention.py
+    # prints them.
     with open(osp.join(work_dir, 'upstream_retention.txt'), 'w') as out, \
             contextlib.redirect_stdout(out):
-        _retention_tool().main(
-            [config, upstream, *checkpoints, '--work-dir', work_dir])
-    with open(osp.join(work_dir, 'upstream_retention.json')) as f:
-        result = json.load(f)
+        result = upstream_retention(
+            config, upstream, list(checkpoints), work_dir=work_dir)
+        print(format_table(result['upstream'], result['checkpoints']))
+        print(write_json(result, work_dir))
     return (result['upstream']['metrics']['accuracy/top1'] / 100, [
         c['metrics']['accuracy/top1'] / 100 for c in result['checkpoints']
     ])

@@ -1,12 +1,12 @@
 # Copyright (c) mmolor contributors. All rights reserved.
-"""tools/analysis_tools/upstream_retention.py on a real mmpretrain
+"""mmolor.evaluation.upstream_retention and its command line
+tools/analysis_tools/upstream_retention.py on a real mmpretrain
 classifier: a tiny ResNet trained a few iterations by mmengine's Runner on
 a generated image folder, and detector checkpoints holding its backbone
 (mmdet's ResNet, FPN and RPN head), unchanged, perturbed, renamed, resized
 and refused."""
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -20,6 +20,8 @@ from mmengine.config import Config
 from PIL import Image
 
 import mmolor  # noqa: F401  checkpoint loading on torch >= 2.6
+from mmolor.compat.checkpoint import UntrustedCheckpointError
+from mmolor.evaluation import upstream_retention
 
 # Trains an upstream classifier; runs the tool.
 pytestmark = pytest.mark.slow
@@ -161,14 +163,6 @@ def upstream(tmp_path_factory):
                 checkpoint=str(tmp / 'train' / 'iter_30.pth'))
 
 
-@pytest.fixture(scope='module')
-def tool():
-    spec = importlib.util.spec_from_file_location('upstream_retention', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_tool(*args):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, env=env,
@@ -252,7 +246,7 @@ def test_upstream_and_detector_backbones(upstream, tmp_path):
         f'{change:+.2f}', f"{row_perturbed['drift']['mean']:.4f}"]
 
 
-def test_prefix_and_trusted_checkpoint(upstream, tool, tmp_path):
+def test_prefix_and_trusted_checkpoint(upstream, tmp_path):
     """--prefix names another backbone prefix; a checkpoint that torch
     refuses is refused with the safe loader's message, and loads with
     --trust-checkpoint."""
@@ -263,17 +257,18 @@ def test_prefix_and_trusted_checkpoint(upstream, tool, tmp_path):
     ckpt = save_det(tmp_path / 'untrusted.pth', state,
                     args=argparse.Namespace(lr=0.1))
     work_dir = str(tmp_path / 'work')
-    args = [upstream['config'], upstream['checkpoint'], ckpt, '--prefix',
-            'encoder.', '--work-dir', work_dir]
-    with pytest.raises(SystemExit) as error:
-        tool.main(args)
+    with pytest.raises(UntrustedCheckpointError) as error:
+        upstream_retention(upstream['config'], upstream['checkpoint'],
+                           [ckpt], prefix='encoder.', work_dir=work_dir)
     message = str(error.value)
     assert f'Checkpoint {ckpt} was not loaded' in message
     assert 'torch refuses the global argparse.Namespace' in message
     assert f'--trust-checkpoint {ckpt}' in message
     assert not osp.exists(work_dir)
 
-    out = run_tool(*args, '--trust-checkpoint', ckpt)
+    out = run_tool(upstream['config'], upstream['checkpoint'], ckpt,
+                   '--prefix', 'encoder.', '--work-dir', work_dir,
+                   '--trust-checkpoint', ckpt)
     with open(out.stdout.strip().splitlines()[-1]) as f:
         result = json.load(f)
     (row, ) = result['checkpoints']
@@ -281,16 +276,15 @@ def test_prefix_and_trusted_checkpoint(upstream, tool, tmp_path):
     assert row['drift']['mean'] == 0.0
 
 
-def _fails(tool, args, work_dir, *expected):
-    with pytest.raises(SystemExit) as error:
-        tool.main([*args, '--work-dir', work_dir])
+def _fails(args, work_dir, *expected):
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        upstream_retention(args[0], args[1], args[2:], work_dir=work_dir)
     for text in expected:
         assert text in str(error.value), str(error.value)
     assert not osp.exists(osp.join(work_dir, 'upstream_retention.json'))
 
 
-def test_bad_inputs_fail_before_anything_is_written(upstream, tool,
-                                                    tmp_path):
+def test_bad_inputs_fail_before_anything_is_written(upstream, tmp_path):
     up_state = torch.load(upstream['checkpoint'],
                           weights_only=False)['state_dict']
     backbone = {k[len('backbone.'):]: v for k, v in up_state.items()
@@ -301,7 +295,7 @@ def test_bad_inputs_fail_before_anything_is_written(upstream, tool,
 
     renamed = save_det(tmp_path / 'renamed.pth', {
         k.replace('backbone.', 'bkbone.', 1): v for k, v in det.items()})
-    _fails(tool, base + [renamed], work_dir,
+    _fails(base + [renamed], work_dir,
            f"{renamed}: no entries under the prefix 'backbone.'",
            "top-level keys: ['bkbone', 'neck', 'rpn_head']", '--prefix')
 
@@ -309,28 +303,28 @@ def test_bad_inputs_fail_before_anything_is_written(upstream, tool,
     wide = build_mmdet(dict(BACKBONE, base_channels=16)).state_dict()
     wide_ckpt = save_det(tmp_path / 'wide.pth',
                          {f'backbone.{k}': v for k, v in wide.items()})
-    _fails(tool, base + [wide_ckpt], work_dir,
+    _fails(base + [wide_ckpt], work_dir,
            f"{wide_ckpt}: backbone parameter 'layer1.0.conv1.weight' has "
            'shape (16, 8, 3, 3), the upstream backbone\'s (8, 8, 3, 3)')
 
     lacking = dict(det)
     del lacking['backbone.layer3.1.bn2.weight']
     lacking_ckpt = save_det(tmp_path / 'lacking.pth', lacking)
-    _fails(tool, base + [lacking_ckpt], work_dir,
+    _fails(base + [lacking_ckpt], work_dir,
            f'{lacking_ckpt}: its backbone lacks 1 of the upstream',
            "'layer3.1.bn2.weight'")
 
     detector = tmp_path / 'detector.py'
     detector.write_text(f"_base_ = '{upstream['config']}'\n"
                         "model = dict(_delete_=True, type='MaskRCNN')\n")
-    _fails(tool, [str(detector), upstream['checkpoint'], renamed], work_dir,
+    _fails([str(detector), upstream['checkpoint'], renamed], work_dir,
            f"{detector}: model type 'MaskRCNN' is not an mmpretrain "
            'ImageClassifier')
 
     missing = str(tmp_path / 'missing.pth')
-    _fails(tool, base + [missing], work_dir, f'{missing} can not be found')
+    _fails(base + [missing], work_dir, f'{missing} can not be found')
     # A config inside mmpretrain is found; the checkpoint is checked next.
-    _fails(tool, ['mmpretrain::convnext/convnext-tiny_32xb128_in1k.py',
-                  missing, renamed], work_dir, f'{missing} can not be found')
+    _fails(['mmpretrain::convnext/convnext-tiny_32xb128_in1k.py', missing,
+            renamed], work_dir, f'{missing} can not be found')
     # The first bad checkpoint stops the run, before any evaluation.
     assert not osp.exists(work_dir)
