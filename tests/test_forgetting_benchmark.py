@@ -23,6 +23,7 @@ from benchmarks.datasets import (CROPS_LAYOUT, SEMANTIC_LAYOUT,
                                  compose_digits, load_digit_split,
                                  write_digit_crops, write_digit_scenes,
                                  write_semantic_masks)
+from benchmarks import forgetting
 from benchmarks.retention import linear_cka, reestimate_bn
 from benchmarks.selection import GRID, select
 from benchmarks.stats import (PAIRED_METRICS, PRIMARY_METRICS, holm, paired,
@@ -529,25 +530,15 @@ def test_llrd_keys_by_stage():
         llrd_keys(1.5)
 
 
-def _tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('forgetting_benchmark',
-                                                  TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_settings_from_a_selection(tmp_path, capsys):
     """--settings-from: per cell AdamW and each method's chosen setting;
     the setting flags and cells it has no choice for are refused."""
-    tool = _tool()
     rows = select(_tuning_runs({('olor', 1): (0.7, 0.9),
                                 ('wise-ft', 2): (0.7, 0.9)}))
     path = tmp_path / 'selection.json'
     path.write_text(json.dumps(dict(meta={}, selection=rows)))
-    args = tool.parse_args(['--tasks', 'cls', '--regimes', 'shifted',
-                            '--settings-from', str(path)])
+    args = forgetting.parse_args(['--tasks', 'cls', '--regimes', 'shifted',
+                                  '--settings-from', str(path)])
     assert args.selection['cls', 'shifted']['olor'] == GRID['olor'][1]
     assert args.selection['cls', 'shifted']['wise-ft'] == GRID['wise-ft'][2]
     assert set(args.methods) == set(GRID)
@@ -557,29 +548,29 @@ def test_settings_from_a_selection(tmp_path, capsys):
             (['--tuning'], 'one at a time'),
             (['--regimes', 'unrelated'], 'no choices for cls unrelated')):
         with pytest.raises(SystemExit):
-            tool.parse_args(['--tasks', 'cls', '--settings-from',
-                             str(path)] + (argv if '--regimes' in argv else
-                                           ['--regimes', 'shifted'] + argv))
+            forgetting.parse_args(
+                ['--tasks', 'cls', '--settings-from', str(path)] +
+                (argv if '--regimes' in argv else ['--regimes', 'shifted'] +
+                 argv))
         assert error in capsys.readouterr().err
     (tmp_path / 'bad.json').write_text('{}')
     with pytest.raises(SystemExit):
-        tool.parse_args(['--tasks', 'cls', '--settings-from',
-                         str(tmp_path / 'bad.json')])
+        forgetting.parse_args(['--tasks', 'cls', '--settings-from',
+                               str(tmp_path / 'bad.json')])
     assert 'not a --select output' in capsys.readouterr().err
 
 
 def test_every_setting_is_used_or_refused(capsys):
-    tool = _tool()
-    args = tool.parse_args(['--quick'])
-    assert args.plan == tool.QUICK['plan'] and args.seeds == [0, 1, 2]
-    assert args.iters == {(t, r): tool.QUICK['iters'][t]
-                          for t, r in tool.QUICK['plan']}
-    assert tool.settings(args) == [
+    args = forgetting.parse_args(['--quick'])
+    assert args.plan == forgetting.QUICK['plan'] and args.seeds == [0, 1, 2]
+    assert args.iters == {(t, r): forgetting.QUICK['iters'][t]
+                          for t, r in forgetting.QUICK['plan']}
+    assert forgetting.settings(args) == [
         ('adamw', {}), ('l2sp', dict(alpha=0.01)), ('llrd', dict(decay=0.7)),
         ('olor', dict(r_max=0.01, power=1.0)), ('spd', dict(lam=1.0)),
         ('olor-spd', dict(r_max=0.01, power=1.0))
     ]
-    args = tool.parse_args([
+    args = forgetting.parse_args([
         '--quick', '--tasks', 'cls', '--regimes', 'related-few', 'shifted',
         '--iters', 'cls=50'
     ])
@@ -588,27 +579,29 @@ def test_every_setting_is_used_or_refused(capsys):
     # The full run's defaults: the schedules checked for convergence, twice
     # as long in det and seg related-many; TASK=N sets every regime of the
     # task, TASK:REGIME=N one, whatever their order.
-    args = tool.parse_args(['--tasks', 'det', 'seg'])
+    args = forgetting.parse_args(['--tasks', 'det', 'seg'])
     assert args.iters == {
         ('det', 'related-few'): 900, ('det', 'related-many'): 1800,
         ('det', 'shifted'): 900, ('det', 'unrelated'): 900,
         ('seg', 'related-few'): 1500, ('seg', 'related-many'): 3000,
         ('seg', 'shifted'): 1500, ('seg', 'unrelated'): 1500}
-    args = tool.parse_args([
+    args = forgetting.parse_args([
         '--tasks', 'det', '--regimes', 'related-few', 'related-many',
         '--iters', 'det:related-many=1200', 'det=600'
     ])
     assert args.iters == {('det', 'related-few'): 600,
                           ('det', 'related-many'): 1200}
-    args = tool.parse_args(['--methods', 'olor+llrd', '--r-max', '0.001',
-                            '0.01', '--power', '2', '--llrd-decay', '0.8'])
-    assert tool.settings(args) == [
+    args = forgetting.parse_args(['--methods', 'olor+llrd', '--r-max',
+                                  '0.001', '0.01', '--power', '2',
+                                  '--llrd-decay', '0.8'])
+    assert forgetting.settings(args) == [
         ('olor+llrd', dict(r_max=r, power=2.0, decay=0.8))
         for r in (0.001, 0.01)
     ]
-    args = tool.parse_args(['--methods', 'spd', 'olor-spd', '--spd-lambda',
-                            '0.1', '1', '--r-max', '0.5', '--power', '1'])
-    assert tool.settings(args) == [
+    args = forgetting.parse_args(['--methods', 'spd', 'olor-spd',
+                                  '--spd-lambda', '0.1', '1', '--r-max', '0.5',
+                                  '--power', '1'])
+    assert forgetting.settings(args) == [
         ('spd', dict(lam=0.1)), ('spd', dict(lam=1.0)),
         ('olor-spd', dict(r_max=0.5, power=1.0))
     ]
@@ -641,7 +634,7 @@ def test_every_setting_is_used_or_refused(capsys):
     }
     for argv, message in refused.items():
         with pytest.raises(SystemExit):
-            tool.parse_args(list(argv))
+            forgetting.parse_args(list(argv))
         assert message in capsys.readouterr().err, argv
 
 
@@ -649,7 +642,6 @@ def test_report_of_a_json_recomputes_its_pairs(tmp_path, capsys):
     """``--report``: tables and plots of a JSON, paired differences
     recomputed from its results (of the chosen seeds); nothing else may
     be given."""
-    tool = _tool()
     results = [
         dict(_entry(m, seed, down, head, config=config, task='det',
                     regime='related-few'), upstream_head_before=0.9)
@@ -661,7 +653,7 @@ def test_report_of_a_json_recomputes_its_pairs(tmp_path, capsys):
     ]
     path = tmp_path / 'forgetting.json'
     path.write_text(json.dumps(dict(results=results, paired=[])))
-    tool.main(['--report', str(path), '--seeds', '0', '1', '2'])
+    forgetting.main(['--report', str(path), '--seeds', '0', '1', '2'])
     out = capsys.readouterr().out
     # olor - adamw over seeds 0-2: 2, 4, 3 points (seed 3 left out).
     mean, low, high = t_interval([2.0, 4.0, 3.0])
@@ -670,10 +662,10 @@ def test_report_of_a_json_recomputes_its_pairs(tmp_path, capsys):
     assert (tmp_path / 'forgetting_det.png').stat().st_size > 1000
     for argv in (['--jobs', '1'], ['--quick'], ['--methods', 'olor']):
         with pytest.raises(SystemExit):
-            tool.parse_args(['--report', str(path), *argv])
+            forgetting.parse_args(['--report', str(path), *argv])
         assert 'cannot apply' in capsys.readouterr().err, argv
     with pytest.raises(SystemExit):
-        tool.parse_args(['--report', str(tmp_path / 'missing.json')])
+        forgetting.parse_args(['--report', str(tmp_path / 'missing.json')])
     assert 'no such file' in capsys.readouterr().err
 
 
@@ -682,7 +674,6 @@ def test_report_merges_runs_that_pair(tmp_path, capsys):
     """``--report A B --work-dir D``: one JSON of both runs' results (a run
     in both files kept once), pairs over all their seeds, written to D;
     runs that would not pair, or disagree, are refused."""
-    tool = _tool()
     meta = dict(upstream_steps=600, scenes=dict(few=40), crops=None)
 
     def run(seeds, methods, name, **changes):
@@ -707,8 +698,8 @@ def test_report_merges_runs_that_pair(tmp_path, capsys):
     second = run([0, 1, 2], ('adamw', 'p1'), 'b.json')
     third = run([0, 1, 2], ('adamw', 'p2'), 'c.json')
     out_dir = tmp_path / 'merged'
-    tool.main(['--report', first, second, third, '--work-dir',
-               str(out_dir)])
+    forgetting.main(['--report', first, second, third, '--work-dir',
+                     str(out_dir)])
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == str(out_dir / 'forgetting.json')
     merged = json.loads((out_dir / 'forgetting.json').read_text())
@@ -726,8 +717,8 @@ def test_report_merges_runs_that_pair(tmp_path, capsys):
         pytest.approx((mean, low, high))
     assert p2['n'] == 3 and p2['mean_diff'] == pytest.approx(-0.02)
     assert (out_dir / 'forgetting_seg.png').stat().st_size > 1000
-    tool.main(['--report', first, third, '--seeds', '1', '2', '--work-dir',
-               str(out_dir)])
+    forgetting.main(['--report', first, third, '--seeds', '1', '2',
+                     '--work-dir', str(out_dir)])
     merged = json.loads((out_dir / 'forgetting.json').read_text())
     assert merged['meta']['seeds_kept'] == [1, 2]
     assert sorted({e['seed'] for e in merged['results']}) == [1, 2]
@@ -752,13 +743,14 @@ def test_report_merges_runs_that_pair(tmp_path, capsys):
         change(data)
         path.write_text(json.dumps(data))
         with pytest.raises(SystemExit, match=message):
-            tool.main(['--report', one, fourth, '--work-dir',
-                       str(tmp_path / 'no')])
+            forgetting.main(['--report', one, fourth, '--work-dir',
+                             str(tmp_path / 'no')])
     with pytest.raises(SystemExit):
-        tool.parse_args(['--report', first, second])
+        forgetting.parse_args(['--report', first, second])
     assert 'give --work-dir' in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        tool.parse_args(['--report', first, '--work-dir', str(out_dir)])
+        forgetting.parse_args(
+            ['--report', first, '--work-dir', str(out_dir)])
     assert '--work-dir is for --report with several' in \
         capsys.readouterr().err
 
@@ -771,7 +763,7 @@ TINY = [
 @pytest.mark.slow
 def test_tiny_benchmark_writes_paired_results(tmp_path):
     """Every task, AdamW, OLOR and WiSE-FT, two seeds, at toy size,
-    through the tool."""
+    through the forgetting."""
     work_dir = tmp_path / 'bench'
     proc = subprocess.run(
         [
