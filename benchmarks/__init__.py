@@ -9,9 +9,14 @@ extras (scikit-learn, matplotlib).
 - ``protocol``, ``upstream``, ``retention``, ``l2sp``, ``report``: the
   upstream -> downstream forgetting protocol of ``tools/demo.py`` and
   ``tools/analysis_tools/forgetting_benchmark.py``;
-- ``tasks``, ``benchmark``, ``stats``: the benchmark's regimes, task
-  families (det, seg, cls configs under ``configs/demo/``) and methods, its
-  jobs, and the paired statistics;
+- ``forgetting``: that benchmark's presets, arguments, worker pool and the
+  merging of its JSONs (the tool runs its ``main``);
+- ``tasks``, ``benchmark``, ``stats``, ``selection``: the benchmark's
+  regimes, task families (det, seg, cls configs under ``configs/demo/``)
+  and methods, its jobs, the paired statistics and the tuning selection;
+- ``optimizer``, ``adamb``: the optimizer timing benchmark
+  (``tools/analysis_tools/benchmark_optimizer.py``) and the authors' AdamB
+  loop it times (also the tests' reference AdamB);
 - ``rollback``: the per-layer rollback strengths a config gives
   (``tools/analysis_tools/plot_rollback.py``);
 - ``census``: the block depths on every upstream backbone

@@ -3,13 +3,16 @@
 
 Written from the equations (torch's documented AdamW / Adam / SGD updates and
 OLOR's one-step review), one parameter and one line of maths at a time. It
-shares no code with ``mmolor``.
+shares no code with ``mmolor``; the authors' AdamB is
+``benchmarks/adamb.py``'s, which the optimizer benchmark times.
 """
 import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from benchmarks.adamb import AdamBLoop
 
 
 class ReferenceOLOR:
@@ -149,7 +152,8 @@ class ReferenceOLOR:
 
 class ReferenceAdamB:
     """The authors' ``AdamB`` formulation (their ``OLOR/utils/AdamB.py``,
-    github.com/rainbow-xiao/OLOR-AAAI-2024), rewritten on tensors.
+    github.com/rainbow-xiao/OLOR-AAAI-2024), with their layer-wise
+    ``back_level``, on cloned tensors.
 
     Each rolling-back tensor keeps the accumulator ``D = theta - theta_0``
     (zero at the start) and a ``back_level`` b; with the bias-corrected Adam
@@ -162,14 +166,17 @@ class ReferenceAdamB:
     The layer-wise ``b`` of tensor i out of N+1 in the group is
     ``b_min + (1 - (i / N + eps)) ** power * (b_max - b_min)`` with
     ``b = r / eta_0``. Tensors of the head (``pretrained=False``) take plain
-    Adam steps.
+    Adam steps (b = 0).
+
+    The step is ``benchmarks/adamb.py``'s ``AdamBLoop`` (one parameter group
+    per tensor), the loop the optimizer benchmark times: one copy of
+    AdamB.
     """
 
     def __init__(self, params: List[Tensor], pretrained: List[bool], *,
                  b_max: float, b_min: float, power: float, betas=(0.9, 0.999),
                  eps: float = 1e-8, power_eps: float = 0.0):
         self.params = [p.detach().clone() for p in params]
-        self.betas, self.eps = betas, eps
         n = sum(pretrained) - 1
         self.b = []
         i = 0
@@ -180,24 +187,17 @@ class ReferenceAdamB:
             frac = i / n + power_eps if n > 0 else power_eps
             self.b.append(b_min + (1 - frac)**power * (b_max - b_min))
             i += 1
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.D = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
+        self.optimizer = AdamBLoop(
+            [dict(params=[p], back_level=b or 0.0)
+             for p, b in zip(self.params, self.b)],
+            lr=0.0, back_level=0.0, betas=betas, eps=eps)
 
     def step(self, grads: List[Tensor], lr: float) -> None:
-        self.t += 1
-        beta1, beta2 = self.betas
-        for i, (p, g) in enumerate(zip(self.params, grads)):
-            self.m[i] = beta1 * self.m[i] + (1 - beta1) * g
-            self.v[i] = beta2 * self.v[i] + (1 - beta2) * g * g
-            bc1, bc2 = 1 - beta1**self.t, 1 - beta2**self.t
-            u = (self.m[i] / bc1) / ((self.v[i] / bc2).sqrt() + self.eps)
-            b = self.b[i]
-            if b is not None:
-                u = (1 - lr * b) * u + b * self.D[i]
-                self.D[i] = self.D[i] - lr * u
-            p.sub_(lr * u)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr
+        self.optimizer.step()
 
 
 def rollback_by_depth(depth: float, max_depth: float, r_max: float,

@@ -41,6 +41,32 @@ BAD = {
         (['--seed', '-1', '--work-dir', 'WORK'], '--seed: -1'),
         (['--iters', '1', '--work-dir', 'WORK'], '--iters: 1'),
     ],
+    'tools/analysis_tools/upstream_retention.py': [
+        (['nope.py', 'a.pth', 'b.pth', '--work-dir', 'WORK'],
+         "upstream_config: no such file 'nope.py'"),
+        ([CLS_CONFIG, 'nope.pth', 'README.md', '--work-dir', 'WORK'],
+         "upstream_checkpoint: no such file 'nope.pth'"),
+        ([CLS_CONFIG, 'README.md', 'nope.pth', '--work-dir', 'WORK'],
+         "checkpoint: no such file 'nope.pth'"),
+        # the standard: a detector config as the upstream classifier
+        ([DET_CONFIG, 'README.md', 'README.md', '--work-dir', 'WORK'],
+         f"{DET_CONFIG}: model type 'MaskRCNN' is not an mmpretrain "
+         'ImageClassifier'),
+    ],
+    'tools/analysis_tools/forgetting_benchmark.py': [
+        (['--seeds', '-1', '--work-dir', 'WORK'],
+         '--seeds: invalid value(s) [-1]'),
+        (['--r-max', '-0.5', '--work-dir', 'WORK'],
+         '--r-max: invalid value(s) [-0.5]'),
+        (['--report', 'README.md'],
+         "--report: 'README.md' is not a forgetting.json"),
+        (['--select', 'nope.json', '--work-dir', 'WORK'],
+         "--select: no such file 'nope.json'"),
+    ],
+    'tools/analysis_tools/benchmark_optimizer.py': [
+        (['--steps', '0'], '--steps: 0 (expected >= 1)'),
+        (['--backbones', 'nope'], "--backbones: invalid choice: 'nope'"),
+    ],
     'tools/analysis_tools/plot_rollback.py': [
         (['nope.py'], "config: no such file 'nope.py'"),
         ([DET_CONFIG, '--out', 'WORK/r.png'], '--out: no such directory'),
