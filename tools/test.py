@@ -19,11 +19,7 @@ from mmengine.config import Config, ConfigDict  # noqa: E402
 
 import mmolor  # noqa: F401,E402  registries; mmolor.compat's fixes
 from mmolor.compat.checkpoint import trust_checkpoints  # noqa: E402
-from mmolor.utils.cli import (add_cfg_options, add_launcher,  # noqa: E402
-                              add_trust_checkpoint, add_verbose,
-                              add_work_dir, build_runner, check_file,
-                              load_tool_config, run_main,
-                              set_local_rank)
+from mmolor.utils import cli  # noqa: E402
 
 
 def parse_args():
@@ -32,11 +28,6 @@ def parse_args():
         '(mmseg) config; the config\'s default_scope picks the codebase.')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    add_trust_checkpoint(parser)
-    add_work_dir(
-        parser, 'the directory to save the file containing evaluation '
-        'metrics; defaults to the config\'s work_dir, else '
-        './work_dirs/<config file name>')
     parser.add_argument(
         '--out',
         type=str,
@@ -52,18 +43,17 @@ def parse_args():
         'interval images)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
-    add_cfg_options(parser)
-    add_launcher(parser, 'test')
     parser.add_argument(
         '--tta',
         action='store_true',
         help='test time augmentation (the config\'s tta_model and '
         'tta_pipeline; mmdet configs get a flip TTA when they lack them)')
-    add_verbose(parser)
-    args = parser.parse_args()
-    set_local_rank(args)
-    check_file(parser, 'config', args.config, config=True)
-    check_file(parser, 'checkpoint', args.checkpoint, url=True)
+    cli.add_runner_args(
+        parser, 'test', 'the directory to save the file containing '
+        'evaluation metrics; defaults to the config\'s work_dir, else '
+        './work_dirs/<config file name>')
+    args = cli.parse_runner_args(parser)
+    cli.check_file(parser, 'checkpoint', args.checkpoint, url=True)
     return args
 
 
@@ -148,8 +138,8 @@ def main():
     trust_checkpoints(args.trust_checkpoint)
 
     # config, --cfg-options, --launcher and work_dir
-    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
-                           args.launcher)
+    cfg = cli.load_tool_config(args.config, args.cfg_options,
+                               args.work_dir, args.launcher)
     scope = cfg.get('default_scope', None)
 
     cfg.load_from = args.checkpoint
@@ -173,7 +163,7 @@ def main():
                      f'{args.out}')
 
     # the codebase's scope; gloo and a CPU model wrapper without a GPU
-    runner = build_runner(cfg)
+    runner = cli.build_runner(cfg)
 
     # add `DumpResults` dummy metric
     if args.out is not None and scope != 'mmseg':
@@ -189,4 +179,4 @@ def main():
 
 
 if __name__ == '__main__':
-    run_main(main)
+    cli.run_main(main)

@@ -22,11 +22,7 @@ from mmengine.logging import print_log  # noqa: E402
 import mmolor  # noqa: F401,E402  registries; mmolor.compat's fixes
 from mmolor.compat.dist import has_accelerator  # noqa: E402
 from mmolor.compat.checkpoint import trust_checkpoints  # noqa: E402
-from mmolor.utils.cli import (add_cfg_options, add_launcher,  # noqa: E402
-                              add_trust_checkpoint, add_verbose,
-                              add_work_dir, build_runner, check_file,
-                              load_tool_config, run_main,
-                              set_local_rank)
+from mmolor.utils import cli  # noqa: E402
 
 
 def parse_args():
@@ -34,9 +30,6 @@ def parse_args():
         description='Train a detector (mmdet) or a segmentor (mmseg) config '
         'with mmolor; the config\'s default_scope picks the codebase.')
     parser.add_argument('config', help='train config file path')
-    add_work_dir(
-        parser, 'the dir to save logs and models; defaults to the config\'s '
-        'work_dir, else ./work_dirs/<config file name>')
     parser.add_argument(
         '--amp',
         action='store_true',
@@ -56,15 +49,12 @@ def parse_args():
         help='If specify checkpoint path, resume from it, while if not '
         'specify, try to auto resume from the latest checkpoint '
         'in the work directory.')
-    add_trust_checkpoint(parser)
-    add_cfg_options(parser)
-    add_launcher(parser, 'train')
-    add_verbose(parser)
-    args = parser.parse_args()
-    set_local_rank(args)
-    check_file(parser, 'config', args.config, config=True)
+    cli.add_runner_args(
+        parser, 'train', 'the dir to save logs and models; defaults to the '
+        'config\'s work_dir, else ./work_dirs/<config file name>')
+    args = cli.parse_runner_args(parser)
     if args.resume not in (None, 'auto'):
-        check_file(parser, '--resume', args.resume, url=True)
+        cli.check_file(parser, '--resume', args.resume, url=True)
     return args
 
 
@@ -90,8 +80,8 @@ def main():
     trust_checkpoints(args.trust_checkpoint)
 
     # config, --cfg-options, --launcher and work_dir
-    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir,
-                           args.launcher)
+    cfg = cli.load_tool_config(args.config, args.cfg_options,
+                               args.work_dir, args.launcher)
 
     # enable automatic-mixed-precision training
     if args.amp is True:
@@ -123,11 +113,11 @@ def main():
         cfg.load_from = args.resume
 
     # the codebase's scope; gloo and a CPU model wrapper without a GPU
-    runner = build_runner(cfg)
+    runner = cli.build_runner(cfg)
 
     # start training
     runner.train()
 
 
 if __name__ == '__main__':
-    run_main(main)
+    cli.run_main(main)

@@ -24,7 +24,8 @@ from .setup_env import load_config, setup_scope
 
 __all__ = [
     'quiet_startup', 'CfgOptionsAction', 'add_cfg_options', 'add_work_dir',
-    'add_trust_checkpoint', 'add_launcher', 'add_verbose', 'check_file',
+    'add_trust_checkpoint', 'add_launcher', 'add_verbose', 'add_runner_args',
+    'parse_runner_args', 'check_file',
     'load_tool_config', 'set_local_rank', 'build_runner', 'run_main'
 ]
 
@@ -144,6 +145,33 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
         '--verbose',
         action='store_true',
         help='show the libraries\' start-up warnings and notices')
+
+
+def add_runner_args(parser: argparse.ArgumentParser, script: str,
+                    work_dir_help: str) -> None:
+    """The arguments of ``tools/train.py`` and ``tools/test.py`` beside
+    their own: ``--work-dir``, ``--trust-checkpoint``, ``--cfg-options``,
+    ``--launcher`` / ``--local-rank`` and ``--verbose``.
+
+    Args:
+        parser (ArgumentParser): The tool's parser.
+        script (str): ``'train'`` or ``'test'`` (see :func:`add_launcher`).
+        work_dir_help (str): What ``--work-dir`` holds.
+    """
+    add_work_dir(parser, work_dir_help)
+    add_trust_checkpoint(parser)
+    add_cfg_options(parser)
+    add_launcher(parser, script)
+    add_verbose(parser)
+
+
+def parse_runner_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse a tool's arguments (:func:`add_runner_args`): ``LOCAL_RANK``
+    set, the config refused unless it is a file (:func:`check_file`)."""
+    args = parser.parse_args()
+    set_local_rank(args)
+    check_file(parser, 'config', args.config, config=True)
+    return args
 
 
 def check_file(parser: argparse.ArgumentParser,
