@@ -31,12 +31,15 @@ CONFIGS = sorted(
 
 def recipe_of(path):
     """The mmpretrain recipe a config inherits, through the configs of
-    this folder it names as its ``_base_``."""
+    this folder it names as its ``_base_``; of a config made of component
+    bases, the recipe's schedule (its ``paramwise_cfg``)."""
     with open(path) as f:
         tree = ast.parse(f.read())
     (base, ) = [ast.literal_eval(node.value) for node in tree.body
                 if isinstance(node, ast.Assign)
                 and node.targets[0].id == '_base_']
+    if isinstance(base, list):
+        (base, ) = [b for b in base if '::_base_/schedules/' in b]
     if base.startswith('./'):
         return recipe_of(osp.join(osp.dirname(path), base))
     assert base.startswith('mmpretrain::')

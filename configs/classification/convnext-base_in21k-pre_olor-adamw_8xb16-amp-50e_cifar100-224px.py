@@ -4,7 +4,9 @@
 # Model: mmpretrain's convnext/convnext-base_32xb128_in1k.py, the recipe of
 # the checkpoint convnext-base_in21k-pre_3rdparty_in1k (facebookresearch's
 # convnext_base_22k_1k_224), loaded into the backbone; a new 100-class
-# linear head. The authors used timm's CLIP ConvNeXt-B
+# linear head. The config is the recipe's bases (model, schedule, runtime)
+# with CIFAR-100 (configs/_base_/datasets/cifar100_bs16_224px.py) in place
+# of its ImageNet data. The authors used timm's CLIP ConvNeXt-B
 # (convnext_base.clip_laion2b_augreg_ft_in12k_in1k), which mmpretrain does
 # not ship; it works through mmpretrain's TIMMBackbone. Kept from the
 # recipe: the backbone, the head type, the model's TruncNormal init of the
@@ -29,7 +31,12 @@
 # 'pretrained': False group. Depth: OLOR's block depth (stem 0, then one
 # step per ConvNeXt block, 3 + 3 + 27 + 3 = 36); layer='tensor' gives their
 # per-tensor rule.
-_base_ = 'mmpretrain::convnext/convnext-base_32xb128_in1k.py'
+_base_ = [
+    'mmpretrain::_base_/models/convnext/convnext-base.py',
+    '../_base_/datasets/cifar100_bs16_224px.py',
+    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
 
 custom_imports = dict(imports=['mmolor'], allow_failed_imports=False)
 
@@ -45,32 +52,6 @@ model = dict(
         num_classes=100,
         loss=dict(_delete_=True, type='CrossEntropyLoss', loss_weight=1.0)),
     train_cfg=None)
-
-# CIFAR-100 (mmpretrain's CIFAR100: RGB arrays, hence to_rgb=False).
-data_preprocessor = dict(num_classes=100, to_rgb=False)
-train_pipeline = [
-    dict(type='Resize', scale=224),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [dict(type='Resize', scale=224), dict(type='PackInputs')]
-train_dataloader = dict(
-    batch_size=16,
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR100',
-        data_root='data/cifar100',
-        split='train',
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=16,
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR100',
-        data_root='data/cifar100',
-        split='test',
-        pipeline=test_pipeline))
-test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     type='AmpOptimWrapper',

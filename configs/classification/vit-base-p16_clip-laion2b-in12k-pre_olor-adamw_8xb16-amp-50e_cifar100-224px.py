@@ -5,8 +5,11 @@
 # checkpoint vit-base-p16_clip-laion2b-in12k-pre_3rdparty_in1k (timm's
 # vit_base_patch16_clip_224.laion2b_ft_in12k_in1k, the default backbone of
 # the authors' OLOR/config.py), loaded into the backbone; a new 100-class
-# linear head. Kept from the recipe: the backbone, the head type and the
-# paramwise_cfg (no decay on cls_token / pos_embed, moot at wd 0).
+# linear head. The config is the recipe's bases (model, schedule, runtime)
+# with CIFAR-100 (configs/_base_/datasets/cifar100_bs16_224px.py) in place
+# of its ImageNet data, and the recipe's pre_norm. Kept from the recipe: the
+# backbone, the head type and the paramwise_cfg (no decay on cls_token /
+# pos_embed, moot at wd 0).
 #
 # From the authors' OLOR-AAAI-2024 code (train.py, utils.py, dataset.py)
 # and the paper: 50 epochs, total batch 128 (8 GPUs x 16), Adam lr 1e-4,
@@ -24,7 +27,12 @@
 # 'pretrained': False group. Depth: OLOR's block depth (patch embedding 0,
 # the 12 transformer layers 1..12); layer='tensor' gives their per-tensor
 # rule.
-_base_ = 'mmpretrain::clip/vit-base-p16_pt-64xb64_in1k.py'
+_base_ = [
+    'mmpretrain::_base_/models/vit-base-p16.py',
+    '../_base_/datasets/cifar100_bs16_224px.py',
+    'mmpretrain::_base_/schedules/imagenet_bs4096_AdamW.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
 
 custom_imports = dict(imports=['mmolor'], allow_failed_imports=False)
 
@@ -33,6 +41,7 @@ pretrained = ('https://download.openmmlab.com/mmclassification/v0/clip/'
               '_20221220-a5e31f8c.pth')
 model = dict(
     backbone=dict(
+        pre_norm=True,  # CLIP's ViT, as the recipe
         drop_rate=0.0,
         init_cfg=dict(
             _delete_=True,
@@ -42,32 +51,6 @@ model = dict(
     head=dict(
         num_classes=100,
         loss=dict(_delete_=True, type='CrossEntropyLoss', loss_weight=1.0)))
-
-# CIFAR-100 (mmpretrain's CIFAR100: RGB arrays, hence to_rgb=False).
-data_preprocessor = dict(num_classes=100, to_rgb=False)
-train_pipeline = [
-    dict(type='Resize', scale=224),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [dict(type='Resize', scale=224), dict(type='PackInputs')]
-train_dataloader = dict(
-    batch_size=16,
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR100',
-        data_root='data/cifar100',
-        split='train',
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=16,
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR100',
-        data_root='data/cifar100',
-        split='test',
-        pipeline=test_pipeline))
-test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     type='AmpOptimWrapper',
