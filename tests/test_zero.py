@@ -167,8 +167,19 @@ def run(args, timeout=600, **env_extra):
                OMP_NUM_THREADS='1', **env_extra)
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=timeout)
-    assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-6000:])
+    assert out.returncode == 0, (why(out.stderr), out.stdout[-2000:],
+                                 out.stderr[-6000:])
     return out.stdout + out.stderr
+
+
+def why(stderr):
+    """The lines of a failed run's stderr that say what killed it (first
+    in the assertion message: a worker's abort is otherwise lost in the
+    launcher's summary)."""
+    keys = ('Error', 'error:', 'terminate called', 'what()', 'Signal',
+            'Exception', 'Abort', 'abort', 'enforce')
+    return '\n'.join(line for line in stderr.splitlines()
+                     if any(k in line for k in keys))[-3000:]
 
 
 def dist_train(config, work_dir, *extra):

@@ -138,17 +138,31 @@ def init_cpu_dist(launcher: str, backend: str = 'gloo', **kwargs) -> None:
     atexit.register(_destroy_process_group)
 
 
+# How long a rank waits at exit for the others (seconds): past it, the
+# others are not coming (a rank that failed mid-run) and it exits anyway.
+EXIT_BARRIER_S = 60
+
+
 def _destroy_process_group() -> None:
-    """Destroy the default process group while the interpreter is alive.
+    """Meet the other ranks, then destroy the default process group while
+    the interpreter is alive.
 
     Left to interpreter finalisation, gloo's worker threads may still hold
     work objects with tensors; freeing them there takes the GIL of an
     interpreter being torn down and aborts the process (SIGABRT), now and
     then, after a run that finished. Neither mmengine nor torch destroys
-    the group at exit.
+    the group at exit. And a rank that closes its connections while another
+    still uses its own makes gloo abort that one ("Connection closed by
+    peer"), so the ranks first meet in a barrier that gives up after
+    :data:`EXIT_BARRIER_S` (a rank that failed mid-run leaves the others in
+    a collective: they never come).
     """
-    if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+    if not torch_dist.is_initialized():
+        return
+    with contextlib.suppress(RuntimeError):
+        torch_dist.monitored_barrier(
+            timeout=datetime.timedelta(seconds=EXIT_BARRIER_S))
+    torch_dist.destroy_process_group()
 
 
 def _cpu_model_wrapper_cfg(cfg: Config) -> Optional[dict]:
