@@ -28,7 +28,7 @@ import mmolor
 from .benchmark import digits_name, prepare_data_job, prepare_upstream_job, \
     run_one
 from .report import (format_table, markdown_report, paired_tables,
-                     plot_paired, setting_label, write_markdown)
+                     plot_paired, setting_label, start_here, write_markdown)
 from .selection import select
 from .stats import PAIRED_METRICS, paired, setting_key
 from .tasks import METHODS, REGIMES, REPO_ROOT, SCENES, TASKS
@@ -203,11 +203,14 @@ def parse_args(argv=None):
         'forgetting.json')
     parser.add_argument(
         '--markdown',
+        nargs='+',
         metavar='FILE',
-        help='with --report: write each JSON\'s tables and read-outs as '
-        'markdown into FILE (between its generated-block markers, the '
-        'prose around them kept; benchmarks/README.md is written so) '
-        'instead of printing them and drawing the plots')
+        help='with --report: write each JSON\'s tables and read-outs, and '
+        'the start-here table of the confirmatory cells, as markdown into '
+        'each FILE, between the markers of the generated blocks it has '
+        '(the prose around them kept; a file with none gets the tables; '
+        'benchmarks/README.md and README.md are written so) instead of '
+        'printing them and drawing the plots')
     parser.add_argument(
         '--select',
         nargs='+',
@@ -795,17 +798,22 @@ def report_json(paths, seeds=None, work_dir=None):
     print(out_json)
 
 
-def markdown_json(paths, out):
+def markdown_json(paths, outs):
     """``--report --markdown``: each JSON's tables and read-outs as
-    markdown, between ``out``'s generated-block markers."""
-    sections = []
+    markdown, and the start-here table of its confirmatory cells, into
+    each of ``outs`` between the markers of the blocks it has
+    (:func:`~benchmarks.report.write_markdown`)."""
+    sections, pairs = [], []
     for path in paths:
         with open(path) as f:
             data = json.load(f)
+        rows = paired(data['results'])
+        pairs += rows
         sections.append(
-            markdown_report(path, data['results'], paired(data['results']),
-                            data['meta'], METRIC_NAMES))
-    write_markdown(out, '\n'.join(sections))
+            markdown_report(path, data['results'], rows, data['meta'],
+                            METRIC_NAMES))
+    for out in outs:
+        write_markdown(out, '\n'.join(sections), start_here(pairs))
 
 
 def main(argv=None):
@@ -813,7 +821,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.report is not None and args.markdown is not None:
         markdown_json(args.report, args.markdown)
-        print(args.markdown)
+        print('\n'.join(args.markdown))
     elif args.report is not None:
         report_json(args.report, args.seeds, args.work_dir)
     elif args.select is not None:

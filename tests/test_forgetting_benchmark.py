@@ -853,26 +853,34 @@ def test_tiny_benchmark_writes_paired_results(tmp_path):
 
 
 def test_benchmarks_readme_is_generated_from_the_results(tmp_path):
-    """benchmarks/README.md's tables are the tool's output for the stored
-    JSONs, and its prose quotes no measured number."""
-    readme = osp.join(ROOT, 'benchmarks', 'README.md')
-    regenerated = tmp_path / 'README.md'
-    shutil.copy(readme, regenerated)
+    """benchmarks/README.md's tables and the start-here table in it and in
+    README.md are the tool's output for the stored JSONs, and the
+    benchmark's prose quotes no measured number."""
+    readmes = [osp.join(ROOT, 'benchmarks', 'README.md'),
+               osp.join(ROOT, 'README.md')]
+    copies = [tmp_path / 'benchmarks.md', tmp_path / 'main.md']
+    for readme, copy in zip(readmes, copies):
+        shutil.copy(readme, copy)
     jsons = sorted(
         osp.relpath(p, ROOT)
         for p in glob.glob(osp.join(ROOT, 'benchmarks', 'results', '*',
                                     '*.json')))
     proc = subprocess.run(
         [sys.executable, TOOL, '--report', *jsons, '--markdown',
-         str(regenerated)],
+         *map(str, copies)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    with open(readme) as f:
-        text = f.read()
-    assert regenerated.read_text() == text
-    from benchmarks.report import MARKDOWN_BEGIN, MARKDOWN_END
-    prose = text[:text.index(MARKDOWN_BEGIN)] + text[text.index(
-        MARKDOWN_END):]
+    from benchmarks.report import (MARKDOWN_BEGIN, MARKDOWN_END, START_BEGIN,
+                                   START_END)
+    for readme, copy in zip(readmes, copies):
+        with open(readme) as f:
+            text = f.read()
+        assert copy.read_text() == text, readme
+        assert START_BEGIN in text and START_END in text, readme
+    prose = text = open(readmes[0]).read()
+    for begin, end in ((MARKDOWN_BEGIN, MARKDOWN_END),
+                       (START_BEGIN, START_END)):
+        prose = prose[:prose.index(begin)] + prose[prose.index(end):]
     prose = re.sub(r'\n    .*', '', prose)  # the commands
     # No decimals, signed differences or percentages but the intervals'
     # confidence level (names like ResNet-18 are not numbers).
