@@ -1,8 +1,8 @@
 # ViT-B/16 (CLIP LAION-2B, ImageNet-12k and -1k fine-tuned) fine-tuned on
-# CUB-200-2011 with OLOR-AdamW: the paper's classification setting.
+# CUB-200-2011 with mmolor's OLORAdamW: the paper's recipe, with SPD's review.
 #
 # The CIFAR-100 ViT-B/16 config (model, the authors' optimizer, schedule,
-# rollback and hooks; see its header for where each number comes from)
+# SPD's review and hooks; see its header for where each number comes from)
 # with CUB-200-2011's 200 classes and images.
 _base_ = './vit-base-p16_clip-laion2b-in12k-pre_olor-adamw_8xb16-amp-50e_cifar100-224px.py'  # noqa: E501
 
