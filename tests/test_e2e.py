@@ -225,6 +225,27 @@ def _load(path):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
+def resume_matches_full(config, tmp_path):
+    """After ``tmp_path/full`` trained 4 iterations at once: train 2, then
+    ``--resume`` 2 in ``tmp_path/part``, and check both end with the same
+    weights and optimizer state. Returns the full run's optimizer state."""
+    train(config, tmp_path / 'part', '--cfg-options', 'train_cfg.max_iters=2')
+    log = train(config, tmp_path / 'part', '--resume')
+    assert 'resumed' in log.lower()
+    full = _load(str(tmp_path / 'full' / 'iter_4.pth'))
+    part = _load(str(tmp_path / 'part' / 'iter_4.pth'))
+    assert full['meta']['iter'] == part['meta']['iter'] == 4
+    for key, value in full['state_dict'].items():
+        assert torch.equal(value, part['state_dict'][key]), key
+    opt_full, opt_part = full['optimizer'], part['optimizer']
+    assert opt_full['param_groups'] == opt_part['param_groups']
+    for index, state in opt_full['state'].items():
+        assert state.keys() == opt_part['state'][index].keys()
+        for key, value in state.items():
+            assert torch.equal(value, opt_part['state'][index][key]), key
+    return opt_full
+
+
 def test_resume_ends_where_the_uninterrupted_run_ends(ade, tmp_path):
     """Train 4 iterations at once, and 2 + `--resume` 2: same weights and
     the same optimizer state, anchors included. The PolyLR schedule ends at
@@ -239,22 +260,8 @@ def test_resume_ends_where_the_uninterrupted_run_ends(ade, tmp_path):
         'auxiliary_head=dict(dropout_ratio=0.0')
     config = write_config(tmp_path / 'cfg.py', UPERNET, body)
     train(config, tmp_path / 'full')
-    train(config, tmp_path / 'part', '--cfg-options', 'train_cfg.max_iters=2')
-    log = train(config, tmp_path / 'part', '--resume')
-    assert 'resumed' in log.lower()
-    full = _load(str(tmp_path / 'full' / 'iter_4.pth'))
-    part = _load(str(tmp_path / 'part' / 'iter_4.pth'))
-    assert full['meta']['iter'] == part['meta']['iter'] == 4
-    for key, value in full['state_dict'].items():
-        assert torch.equal(value, part['state_dict'][key]), key
-    opt_full, opt_part = full['optimizer'], part['optimizer']
-    assert opt_full['param_groups'] == opt_part['param_groups']
-    anchors = 0
-    for index, state in opt_full['state'].items():
-        assert state.keys() == opt_part['state'][index].keys()
-        for key, value in state.items():
-            assert torch.equal(value, opt_part['state'][index][key]), key
-        anchors += 'anchor' in state
+    optimizer = resume_matches_full(config, tmp_path)
+    anchors = sum('anchor' in state for state in optimizer['state'].values())
     assert anchors > 100  # the backbone's parameters
 
 

@@ -14,9 +14,9 @@ its lr decay and the rollback are the config's.
 import os.path as osp
 
 import pytest
-import torch
 
-from test_e2e import ade_overrides, test_metrics, train, write_config
+from test_e2e import (ade_overrides, resume_matches_full, test_metrics,
+                      train, write_config)
 
 from benchmarks.datasets import write_ade20k
 
@@ -51,10 +51,6 @@ def ade(tmp_path_factory):
     return str(root)
 
 
-def _load(path):
-    return torch.load(path, map_location='cpu', weights_only=False)
-
-
 def test_convnext_llrd_trains_resumes_exactly_and_tests(ade, tmp_path):
     """4 iterations at once, and 2 + `--resume` 2: the same weights and the
     same optimizer state (anchors, AdamW moments, the lr-decay groups); then
@@ -65,21 +61,7 @@ def test_convnext_llrd_trains_resumes_exactly_and_tests(ade, tmp_path):
     log = train(config, tmp_path / 'full')
     assert 'OLOR rollback:' in log
     assert 'param groups: LearningRateDecayOptimizerConstructor' in log
-    train(config, tmp_path / 'part', '--cfg-options', 'train_cfg.max_iters=2')
-    log = train(config, tmp_path / 'part', '--resume')
-    assert 'resumed' in log.lower()
-
-    full = _load(str(tmp_path / 'full' / 'iter_4.pth'))
-    part = _load(str(tmp_path / 'part' / 'iter_4.pth'))
-    assert full['meta']['iter'] == part['meta']['iter'] == 4
-    for key, value in full['state_dict'].items():
-        assert torch.equal(value, part['state_dict'][key]), key
-    opt_full, opt_part = full['optimizer'], part['optimizer']
-    assert opt_full['param_groups'] == opt_part['param_groups']
-    for index, state in opt_full['state'].items():
-        assert state.keys() == opt_part['state'][index].keys()
-        for key, value in state.items():
-            assert torch.equal(value, opt_part['state'][index][key]), key
+    opt_full = resume_matches_full(config, tmp_path)
 
     # The recipe's stage-wise lr decay and OLOR's rollback are both in the
     # trained optimizer: lr_scale 0.9 ** (13 - stage id) (mmseg's rule for
