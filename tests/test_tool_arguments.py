@@ -67,6 +67,9 @@ BAD = {
         (['--steps', '0'], '--steps: 0 (expected >= 1)'),
         (['--backbones', 'nope'], "--backbones: invalid choice: 'nope'"),
     ],
+    'tools/analysis_tools/backbone_census.py': [
+        (['--only', 'ResNet'], "--only: unknown backbone type(s) ['ResNet']"),
+    ],
     'tools/analysis_tools/plot_rollback.py': [
         (['nope.py'], "config: no such file 'nope.py'"),
         ([DET_CONFIG, '--out', 'WORK/r.png'], '--out: no such directory'),

@@ -23,13 +23,14 @@ def parse_args():
     parser.add_argument('--markdown', action='store_true',
                         help='print a Markdown table (as in README.md)')
     parser.add_argument('--only', nargs='*', default=None,
-                        help='backbone types to check (default: all)')
+                        help="backbone types to check, as the table names "
+                        "them, e.g. 'ResNet (mmdet)' (default: all)")
     add_verbose(parser)
-    return parser.parse_args()
+    return parser, parser.parse_args()
 
 
 def main() -> int:
-    args = parse_args()
+    parser, args = parse_args()
     import mmolor  # noqa: F401
     from mmolor.version import CODEBASE_EXTRAS, MissingExtraError, require
     try:
@@ -47,6 +48,10 @@ def main() -> int:
                                    format_table)
     cases = collect_cases()
     if args.only:
+        unknown = sorted(set(args.only) - {c.type for c in cases})
+        if unknown:
+            parser.error(f'--only: unknown backbone type(s) {unknown} (the '
+                         "types are named as 'ResNet (mmdet)')")
         cases = [c for c in cases if c.type in args.only]
     rows = []
     for i, case in enumerate(cases, 1):
