@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLS_CONFIG = 'configs/demo/resnet18-w16_adamw_300i_digit-crops.py'
 DET_CONFIG = 'configs/demo/mask-rcnn_r18-w16_fpn_olor-adamw_900i_digits.py'
+SEG_CONFIG = 'configs/demo/upernet_r18-w16_adamw_300i_digits.py'
 # Printed by the libraries when a tool starts (DeepSpeed, torch.jit,
 # pkg_resources), unless --verbose.
 NOISE = ('real_accelerator', 'FutureWarning', 'UserWarning', 'Traceback')
@@ -30,12 +31,18 @@ BAD = {
          "--cfg-options: invalid item 'oops'"),
         ([CLS_CONFIG, '--work-dir', 'WORK', '--resume', 'nope.pth'],
          "--resume: no such file 'nope.pth'"),
+        ([SEG_CONFIG, '--work-dir', 'WORK', '--auto-scale-lr'],
+         '--auto-scale-lr needs "auto_scale_lr"'),
     ],
     'tools/test.py': [
         ([CLS_CONFIG, 'nope.pth', '--work-dir', 'WORK'],
          "checkpoint: no such file 'nope.pth'"),
         (['nope.py', 'nope.pth', '--work-dir', 'WORK'],
          "config: no such file 'nope.py'"),
+        ([DET_CONFIG, 'README.md', '--work-dir', 'WORK', '--out', 'x.json'],
+         "--out must be a .pkl or .pickle file, got 'x.json'"),
+        ([SEG_CONFIG, 'README.md', '--work-dir', 'WORK', '--tta'],
+         '--tta needs tta_pipeline'),
     ],
     'tools/demo.py': [
         (['--seed', '-1', '--work-dir', 'WORK'], '--seed: -1'),

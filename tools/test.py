@@ -7,7 +7,6 @@ config's ``default_scope``. Importing mmolor makes checkpoints load on
 torch >= 2.6, and ``--launcher pytorch`` works on CPU-only machines.
 """
 import argparse
-import sys
 import warnings
 from copy import deepcopy
 
@@ -54,7 +53,7 @@ def parse_args():
         './work_dirs/<config file name>')
     args = cli.parse_runner_args(parser)
     cli.check_file(parser, 'checkpoint', args.checkpoint, url=True)
-    return args
+    return parser, args
 
 
 def trigger_visualization_hook(cfg: Config, args: argparse.Namespace,
@@ -63,13 +62,15 @@ def trigger_visualization_hook(cfg: Config, args: argparse.Namespace,
 
     mmdet's ``DetVisualizationHook`` writes to its ``test_out_dir``; mmseg's
     ``SegVisualizationHook`` writes through the visualizer's ``save_dir``.
+    ValueError if the config has no visualization hook.
     """
     default_hooks = cfg.get('default_hooks', None) or dict()
     if 'visualization' not in default_hooks:
-        sys.exit('error: --show/--show-dir need a VisualizationHook in '
-                 'default_hooks, e.g. default_hooks = dict(visualization='
-                 "dict(type='DetVisualizationHook')) (mmdet) or "
-                 "dict(type='SegVisualizationHook') (mmseg).")
+        raise ValueError(
+            '--show/--show-dir need a VisualizationHook in default_hooks, '
+            'e.g. default_hooks = dict(visualization='
+            "dict(type='DetVisualizationHook')) (mmdet) or "
+            "dict(type='SegVisualizationHook') (mmseg)")
     visualization_hook = default_hooks['visualization']
     # Turn on visualization
     visualization_hook['draw'] = True
@@ -121,19 +122,21 @@ def set_det_tta(cfg: Config) -> None:
 
 
 def set_tta(cfg: Config) -> None:
-    """mmseg's (and any other codebase's) ``--tta``: the config's own."""
+    """mmseg's (and any other codebase's) ``--tta``: the config's own;
+    ValueError if it has none."""
     missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
     if missing:
-        sys.exit(f'error: --tta needs {" and ".join(missing)} in the config '
-                 '(mmseg configs inherit them from _base_/default_runtime.py '
-                 'and the dataset configs).')
+        raise ValueError(
+            f'--tta needs {" and ".join(missing)} in the config (mmseg '
+            'configs inherit them from _base_/default_runtime.py and the '
+            'dataset configs)')
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
 
 
 def main():
-    args = parse_args()
+    parser, args = parse_args()
     # before the runner loads anything; dist workers inherit it
     trust_checkpoints(args.trust_checkpoint)
 
@@ -144,14 +147,16 @@ def main():
 
     cfg.load_from = args.checkpoint
 
-    if args.show or args.show_dir:
-        cfg = trigger_visualization_hook(cfg, args, scope)
-
-    if args.tta:
-        if scope == 'mmdet':
-            set_det_tta(cfg)
-        else:
-            set_tta(cfg)
+    try:
+        if args.show or args.show_dir:
+            cfg = trigger_visualization_hook(cfg, args, scope)
+        if args.tta:
+            if scope == 'mmdet':
+                set_det_tta(cfg)
+            else:
+                set_tta(cfg)
+    except ValueError as e:
+        parser.error(str(e))
 
     if args.out is not None:
         if scope == 'mmseg':
@@ -159,8 +164,8 @@ def main():
             cfg.test_evaluator['output_dir'] = args.out
             cfg.test_evaluator['keep_results'] = True
         elif not args.out.endswith(('.pkl', '.pickle')):
-            sys.exit(f'error: --out must be a .pkl or .pickle file, got '
-                     f'{args.out}')
+            parser.error(f'--out must be a .pkl or .pickle file, got '
+                         f'{args.out!r}')
 
     # the codebase's scope; gloo and a CPU model wrapper without a GPU
     runner = cli.build_runner(cfg)

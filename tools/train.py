@@ -55,11 +55,12 @@ def parse_args():
     args = cli.parse_runner_args(parser)
     if args.resume not in (None, 'auto'):
         cli.check_file(parser, '--resume', args.resume, url=True)
-    return args
+    return parser, args
 
 
 def enable_amp(cfg: Config) -> None:
-    """Switch ``cfg.optim_wrapper`` to AmpOptimWrapper, as mmseg does."""
+    """Switch ``cfg.optim_wrapper`` to AmpOptimWrapper, as mmseg does;
+    ValueError unless it is an OptimWrapper."""
     optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if optim_wrapper == 'AmpOptimWrapper':
         print_log(
@@ -68,14 +69,14 @@ def enable_amp(cfg: Config) -> None:
             level=logging.WARNING)
         return
     if optim_wrapper != 'OptimWrapper':
-        sys.exit('error: `--amp` is only supported when the optimizer '
-                 f'wrapper type is `OptimWrapper`, but got {optim_wrapper}.')
+        raise ValueError('--amp is only supported when the optimizer wrapper '
+                         f'type is OptimWrapper, but got {optim_wrapper}')
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
     cfg.optim_wrapper.loss_scale = 'dynamic'
 
 
 def main():
-    args = parse_args()
+    parser, args = parse_args()
     # before the runner loads anything; dist workers inherit it
     trust_checkpoints(args.trust_checkpoint)
 
@@ -85,7 +86,13 @@ def main():
 
     # enable automatic-mixed-precision training
     if args.amp is True:
-        enable_amp(cfg)
+        try:
+            enable_amp(cfg)
+        except ValueError as e:
+            parser.error(str(e))
+        if not has_accelerator():
+            parser.error('--amp: AMP training needs a GPU, and none is '
+                         'available on this machine')
     if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper' and \
             not has_accelerator():
         # AmpOptimWrapper asserts a GPU (or NPU/MLU/MUSA) when it is built.
@@ -100,9 +107,10 @@ def main():
                 'base_batch_size' in cfg.auto_scale_lr:
             cfg.auto_scale_lr.enable = True
         else:
-            sys.exit('error: --auto-scale-lr needs "auto_scale_lr" with '
-                     '"enable" and "base_batch_size" in the config, e.g. '
-                     'auto_scale_lr = dict(enable=False, base_batch_size=16)')
+            parser.error('--auto-scale-lr needs "auto_scale_lr" with '
+                         '"enable" and "base_batch_size" in the config, e.g. '
+                         'auto_scale_lr = dict(enable=False, '
+                         'base_batch_size=16)')
 
     # resume is determined in this priority: resume from > auto_resume
     if args.resume == 'auto':
