@@ -31,8 +31,9 @@
 # related-few: ten seeds, test split, PROTOCOL.md section 6): SPD there
 # kept the most of the upstream with no downstream cost (top-1 +5.0
 # [+4.2, +5.7], re-estimated old head +3.6 [+3.0, +4.2] points over AdamW,
-# Holm p 0.027), and OLOR at the paper's r_max 0.01 (+2.1 / +1.7 over
-# AdamW) was measurably below it on both. The paper's OLOR is one override
+# Holm p 0.031), and OLOR at the paper's r_max 0.01 (+2.1 / +1.7 over
+# AdamW) was measurably below it on both (-2.9 [-3.4, -2.4] / -2.0
+# [-2.6, -1.3], Holm p 0.031). The paper's OLOR is one override
 # away: --cfg-options optim_wrapper.optimizer.rollback_follows_lr=True
 # optim_wrapper.paramwise_cfg.rollback.review=olor
 # optim_wrapper.paramwise_cfg.rollback.max=0.01
