@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .stats import PRIMARY_METRICS, primary_metrics
+from .stats import LEGACY_METRICS, PRIMARY_METRICS, primary_metrics
 
 __all__ = [
     'format_table', 'demo_tables', 'plot_drift', 'setting_label',
@@ -252,12 +252,16 @@ def paired_tables(results: List[Dict], paired: List[Dict],
 def plot_paired(paired: List[Dict], task: str, out: str,
                 metric_name: str) -> None:
     """The task's settings as paired differences to AdamW (95% CI bars):
-    downstream on x, old-head retention on y; one panel per regime."""
+    downstream on x, old-head retention on y (the primary metrics: on the
+    test split with re-estimated statistics where the runs have them);
+    one panel per regime."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     rows = [p for p in _to_adamw(paired) if p['task'] == task]
+    test = any(p['metric'] == PRIMARY_METRICS[0] for p in rows)
+    x_metric, y_metric = PRIMARY_METRICS if test else LEGACY_METRICS
     regimes = list(OrderedDict.fromkeys(p['regime'] for p in rows))
     # The legend goes under each panel: room for one line per setting.
     settings = max([
@@ -282,7 +286,7 @@ def plot_paired(paired: List[Dict], task: str, out: str,
                 points.setdefault(key, {})[p['metric']] = p
         seen: Dict[str, int] = {}
         for (method, config), found in points.items():
-            x, y = found.get('downstream'), found.get('upstream_head_after')
+            x, y = found.get(x_metric), found.get(y_metric)
             if x is None or y is None:
                 continue
             i = seen[method] = seen.get(method, -1) + 1
@@ -305,8 +309,11 @@ def plot_paired(paired: List[Dict], task: str, out: str,
                 f"(n={x['n']})")
         ax.axhline(0, color='grey', lw=0.8)
         ax.axvline(0, color='grey', lw=0.8)
-        ax.set_xlabel(f'{metric_name} minus AdamW (points)')
-        ax.set_ylabel('old-head accuracy minus AdamW (points)')
+        ax.set_xlabel(f"{metric_name}{' (test)' if test else ''} minus "
+                      'AdamW (points)')
+        ax.set_ylabel('old-head accuracy' +
+                      (' (BN re-estimated)' if test else '') +
+                      ' minus AdamW (points)')
         ax.set_title(f'{task}, {regime}', fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(
