@@ -463,7 +463,7 @@ def run(args):
     regimes = list(dict.fromkeys(r for _, r in args.plan))
     meta = dict(
         command=' '.join([osp.relpath(sys.argv[0], REPO_ROOT)] +
-                         sys.argv[1:]),
+                         _without_work_dir(sys.argv[1:])),
         plan=[dict(task=t, regime=r) for t, r in args.plan],
         regimes={r: REGIMES[r].description
                  for r in regimes},
@@ -688,6 +688,18 @@ def report(results, pairs, out_dir):
         out_png = osp.join(out_dir, f'forgetting_{task}.png')
         plot_paired(pairs, task, out_png, METRIC_NAMES[task])
         print(f'\nplot: {out_png}')
+
+
+def _without_work_dir(argv):
+    """``argv`` with the value of ``--work-dir`` written ``WORK_DIR``: a
+    path of the machine that ran it says nothing to a reader."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith('--work-dir='):
+            out[i] = '--work-dir=WORK_DIR'
+        elif arg == '--work-dir' and i + 1 < len(out):
+            out[i + 1] = 'WORK_DIR'
+    return out
 
 
 def merge_results(paths):

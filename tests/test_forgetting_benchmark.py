@@ -233,6 +233,14 @@ def test_write_markdown_fills_the_blocks_a_file_has(tmp_path):
         f'{MARKDOWN_END}\n'
 
 
+def test_the_stored_command_names_no_work_dir_of_the_machine():
+    assert forgetting._without_work_dir(
+        ['--seeds', '1', '--work-dir', '/tmp/x', '--jobs', '2']) == \
+        ['--seeds', '1', '--work-dir', 'WORK_DIR', '--jobs', '2']
+    assert forgetting._without_work_dir(['--work-dir=/tmp/x']) == \
+        ['--work-dir=WORK_DIR']
+
+
 def test_paired_pairs_the_runs_that_have_a_metric():
     results = [
         dict(_entry('adamw', 0, 0.5, 0.6), test_downstream=0.4),
