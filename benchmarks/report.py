@@ -176,15 +176,20 @@ def _to_adamw(paired: List[Dict]) -> List[Dict]:
     return [p for p in paired if p.get('baseline', 'adamw') == 'adamw']
 
 
-def _peer_line(paired: List[Dict], task: str, regime: str,
-               metrics: Sequence[str], names: Sequence[str]) -> str:
-    """``\nOLOR (...) − its best peer spd (...): <metric> +1.0 [...] p ..``,
-    or '' where the cell has no such comparison."""
-    rows = {
+def _to_peer(paired: List[Dict], task: str, regime: str) -> Dict[str, Dict]:
+    """The cell's comparisons of OLOR with its best peer, by metric."""
+    return {
         p['metric']: p
         for p in paired if (p['task'], p['regime']) == (task, regime)
         and p.get('baseline', 'adamw') != 'adamw'
     }
+
+
+def _peer_line(paired: List[Dict], task: str, regime: str,
+               metrics: Sequence[str], names: Sequence[str]) -> str:
+    """``\nOLOR (...) − its best peer spd (...): <metric> +1.0 [...] p ..``,
+    or '' where the cell has no such comparison."""
+    rows = _to_peer(paired, task, regime)
     if not any(m in rows for m in metrics):
         return ''
     row = next(iter(rows.values()))
@@ -420,9 +425,7 @@ def start_here(paired: List[Dict]) -> str:
         if p.get('baseline', 'adamw') != 'adamw')
     rows = []
     for task, regime in cells:
-        peer = {p['metric']: p for p in paired
-                if (p['task'], p['regime']) == (task, regime)
-                and p.get('baseline', 'adamw') != 'adamw'}
+        peer = _to_peer(paired, task, regime)
         any_peer = next(iter(peer.values()))
         choice = protocol_choice(paired, task, regime)
         rows.append([
