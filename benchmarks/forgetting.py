@@ -217,27 +217,36 @@ def parse_args(argv=None):
         metavar='JSON',
         help='run nothing: apply benchmarks/PROTOCOL.md\'s selection rule '
         'to tuning runs (JSONs merged as --report merges them; --seeds: the '
-        'tuning seeds), print each cell\'s choices and, with --work-dir, '
-        'write <--work-dir>/selection.json')
+        'tuning seeds; --tasks, --regimes: only those cells), print each '
+        'cell\'s choices and, with --work-dir, write '
+        '<--work-dir>/selection.json')
     args = parser.parse_args(argv)
     if args.markdown is not None and args.report is None:
         parser.error('--markdown goes with --report')
+    defaults = vars(parser.parse_args([]))
+
+    def refuse_all_but(flag, allowed):
+        given = [
+            '--' + key.replace('_', '-') for key, value in vars(args).items()
+            if key not in allowed and value != defaults[key]
+        ]
+        if given:
+            parser.error(f"{flag} reads finished JSONs: {' '.join(given)} "
+                         'cannot apply (only ' + ', '.join(
+                             '--' + a.replace('_', '-')
+                             for a in allowed if a != flag[2:]) + ' can)')
+
     if args.select is not None:
         if args.report is not None:
             parser.error('--select and --report: one at a time')
+        refuse_all_but('--select',
+                       ('select', 'seeds', 'tasks', 'regimes', 'work_dir'))
         for path in args.select:
             check_results_json(parser, '--select', path)
         return args
     if args.report is not None:
-        defaults = vars(parser.parse_args([]))
-        given = [
-            '--' + key.replace('_', '-') for key, value in vars(args).items()
-            if key not in ('report', 'seeds', 'work_dir', 'markdown')
-            and value != defaults[key]
-        ]
-        if given:
-            parser.error(f"--report reads finished JSONs: {' '.join(given)}"
-                         ' cannot apply (only --seeds and --work-dir can)')
+        refuse_all_but('--report', ('report', 'seeds', 'work_dir',
+                                    'markdown'))
         for path in args.report:
             check_results_json(parser, '--report', path)
         if args.markdown is not None:
@@ -751,10 +760,18 @@ def merge_results(paths):
     return merged, dict(first_meta[1], merged_from=sources)
 
 
-def select_json(paths, seeds=None, work_dir=None):
+def select_json(paths, seeds=None, work_dir=None, tasks=None, regimes=None):
     """``--select``: the protocol's choices from tuning runs (every grid
-    setting must have run on every tuning seed)."""
+    setting must have run on every tuning seed), in the cells of ``tasks``
+    and ``regimes`` (default: every cell the runs hold)."""
     results, meta = merge_results(paths)
+    results = [
+        r for r in results if (tasks is None or r['task'] in tasks) and (
+            regimes is None or r['regime'] in regimes)
+    ]
+    if not results:
+        sys.exit(f"--select: {', '.join(paths)} hold no runs of --tasks "
+                 f'{tasks} --regimes {regimes}')
     try:
         rows = select(results, seeds)
     except ValueError as e:
@@ -837,6 +854,7 @@ def main(argv=None):
     elif args.report is not None:
         report_json(args.report, args.seeds, args.work_dir)
     elif args.select is not None:
-        select_json(args.select, args.seeds, args.work_dir)
+        select_json(args.select, args.seeds, args.work_dir, args.tasks,
+                    args.regimes)
     else:
         run(args)

@@ -33,7 +33,6 @@ from mmolor.compat.checkpoint import (TRUST_ENV, UntrustedCheckpointError,
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
-UPERNET = 'configs/upernet/upernet_r50_olor-sgd_4xb4-80k_ade20k-512x512.py'
 
 
 class Payload:
@@ -515,35 +514,9 @@ def run_tool(*args, **env_extra):
 
 def ade_config(tmp_path, data_root):
     """The shipped UperNet config at 64x64, 2 iterations, no pretrain."""
-    body = f'''
-data_root = '{data_root}'
-crop_size = (64, 64)
-model = dict(data_preprocessor=dict(size=crop_size), pretrained=None,
-             backbone=dict(init_cfg=None))
-randomness = dict(seed=0)
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=[
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='Resize', scale=(64, 64), keep_ratio=False),
-        dict(type='PackSegInputs')]))
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(64, 64), keep_ratio=False),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')]
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters=2, val_interval=100)
-default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(interval=2))
-'''
-    path = tmp_path / 'cfg.py'
-    path.write_text(f"_base_ = '{osp.join(ROOT, UPERNET)}'\n{body}")
-    return str(path)
+    from test_e2e import UPERNET, ade_overrides, write_config
+    return write_config(tmp_path / 'cfg.py', UPERNET,
+                        ade_overrides(data_root, 2, deterministic=True))
 
 
 @pytest.mark.slow

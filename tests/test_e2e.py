@@ -164,9 +164,13 @@ def test_mask_rcnn_train_then_test_gives_bbox_and_segm_ap(coco, tmp_path):
 
 
 def ade_overrides(root, max_iters, size=64, deterministic=False,
-                  ckpt_interval=None, model_extra=''):
-    """Tiny crops and data paths; SyncBN -> BN only where asked (gloo CPU
-    runs cannot sync BN)."""
+                  ckpt_interval=None, model_extra='', plain_bn=False):
+    """Tiny crops and data paths; with ``plain_bn`` BN instead of SyncBN in
+    every module (gloo CPU runs cannot sync BN)."""
+    if plain_bn:
+        bn = "norm_cfg=dict(type='BN', requires_grad=True)"
+        model_extra += (f', {bn}), decode_head=dict({bn}), '
+                        f'auxiliary_head=dict({bn}')
     aug = '' if deterministic else f'''
         dict(type='RandomResize', scale=({2 * size}, {size}),
              ratio_range=(0.5, 2.0), keep_ratio=True),
@@ -206,6 +210,17 @@ default_hooks = dict(logger=dict(interval=1),
 
 
 UPERNET = 'configs/upernet/upernet_r50_olor-sgd_4xb4-80k_ade20k-512x512.py'
+
+
+def gloo_upernet_config(tmp_path, extra=''):
+    """The shipped UPerNet config on 4 tiny ADE20K-format images, 2
+    iterations, plain BN, then the config lines ``extra``: for the
+    multi-process runs."""
+    from benchmarks.datasets import write_ade20k
+    root = str(tmp_path / 'ade')
+    write_ade20k(root, dict(train=4, val=2), image_size=(64, 64))
+    body = ade_overrides(root, max_iters=2, plain_bn=True) + extra
+    return write_config(tmp_path / 'cfg.py', UPERNET, body)
 
 
 def test_upernet_ade20k_train_then_test_gives_miou(ade, tmp_path):
@@ -264,11 +279,7 @@ def test_resume_ends_where_the_uninterrupted_run_ends(ade, tmp_path):
 def test_dist_train_two_cpu_processes(ade, tmp_path):
     """tools/dist_train.sh CONFIG 2: gloo on the CPU; both ranks finish with
     identical weights."""
-    bn = "norm_cfg=dict(type='BN', requires_grad=True)"
-    body = ade_overrides(
-        ade, max_iters=2,
-        model_extra=f', {bn}), decode_head=dict({bn}), '
-        f'auxiliary_head=dict({bn}') + '''
+    body = ade_overrides(ade, max_iters=2, plain_bn=True) + '''
 custom_imports = dict(imports=['mmolor', 'e2e_hooks'])
 custom_hooks = [dict(type='DumpRankWeightsHook')]
 '''

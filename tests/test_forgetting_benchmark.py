@@ -358,6 +358,35 @@ def test_select_names_missing_settings_and_cells_without_adamw():
         select([r for r in runs if r['method'] != 'l2sp'])
 
 
+def test_select_command_keeps_the_cells_asked_for(tmp_path, capsys):
+    """`--select` with --tasks/--regimes chooses in those cells only (a
+    cell elsewhere whose grid is not complete does not stop it), and
+    refuses the flags it cannot use."""
+    complete = _tuning_runs({('l2sp', 0): (0.7, 0.6)})
+    partial = [
+        dict(r, task='seg', regime='related-many') for r in _tuning_runs({})
+        if r['config'] != GRID['spd'][0]
+    ]
+    path = tmp_path / 'tuning.json'
+    path.write_text(json.dumps(dict(results=complete + partial)))
+    with pytest.raises(SystemExit, match='lack grid settings'):
+        forgetting.main(['--select', str(path)])
+    capsys.readouterr()
+    forgetting.main(['--select', str(path), '--tasks', 'cls', '--regimes',
+                     'shifted', '--work-dir', str(tmp_path / 'sel')])
+    rows = json.loads((tmp_path / 'sel' / 'selection.json').read_text())[
+        'selection']
+    assert {(r['task'], r['regime']) for r in rows} == {('cls', 'shifted')}
+    assert {r['method']: r['config'] for r in rows}['l2sp'] == GRID['l2sp'][0]
+    with pytest.raises(SystemExit, match='hold no runs'):
+        forgetting.main(['--select', str(path), '--tasks', 'det'])
+    for argv in (['--r-max', '0.1'], ['--tuning'], ['--jobs', '1']):
+        with pytest.raises(SystemExit):
+            forgetting.parse_args(['--select', str(path), *argv])
+        err = capsys.readouterr().err
+        assert f'{argv[0]} cannot apply' in err, (argv, err)
+
+
 def test_test_split_leaves_train_and_val_as_they_were(tmp_path):
     """Adding the test split draws new scenes and crops after the others:
     train and val are byte for byte those written without it; test holds

@@ -167,17 +167,8 @@ def test_fsdp_with_a_shipped_config(tmp_path):
     tools/dist_train.sh: the constructor's depth rule runs its forward pass
     on the full parameters, and the full checkpoint holds an anchor for
     exactly the rolling-back parameters."""
-    from test_e2e import UPERNET, ade_overrides, write_config
-
-    from benchmarks.datasets import write_ade20k
-    root = str(tmp_path / 'ade')
-    write_ade20k(root, dict(train=4, val=2), image_size=(64, 64))
-    bn = "norm_cfg=dict(type='BN', requires_grad=True)"
-    body = ade_overrides(
-        root, max_iters=2,
-        model_extra=f', {bn}), decode_head=dict({bn}), '
-        f'auxiliary_head=dict({bn}') + FSDP_FULL
-    config = write_config(tmp_path / 'cfg.py', UPERNET, body)
+    from test_e2e import gloo_upernet_config
+    config = gloo_upernet_config(tmp_path, FSDP_FULL)
     log = dist_train(config, tmp_path / 'work')
     # The depth rule's forward pass ran (it falls back, saying so, on 1-D
     # shards).

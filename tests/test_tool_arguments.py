@@ -81,6 +81,9 @@ BAD = {
         (['nope.py'], "config: no such file 'nope.py'"),
         ([DET_CONFIG, '--out', 'WORK/r.png'], '--out: no such directory'),
     ],
+    'tools/check_install.py': [
+        (['--nope'], 'unrecognized arguments: --nope'),
+    ],
 }
 
 
@@ -118,3 +121,17 @@ def test_bad_arguments_are_refused_before_any_work(tool, tmp_path):
         assert line.startswith(f'{osp.basename(tool)}: error: '), (argv, err)
         assert expected in line, (argv, line)
         assert not osp.exists(work), argv
+
+
+def test_check_install_says_one_line_and_nothing_else(tmp_path):
+    """What `make install` ends with: the stack's one ready line, without
+    the libraries' notices (they come back with --verbose)."""
+    [(_, _, proc, out, err), (_, _, verbose, _, verbose_err)] = run_all(
+        [('tools/check_install.py', [], None),
+         ('tools/check_install.py', ['--verbose'], None)], tmp_path)
+    assert proc.returncode == 0 and err == '', err
+    [line] = out.splitlines()
+    assert line.startswith('mmolor ') and '(ops ran)' in line, line
+    assert 'fused CPU kernel ready' in line, line
+    assert verbose.returncode == 0
+    assert any(noise in verbose_err for noise in NOISE[:3]), verbose_err

@@ -415,21 +415,12 @@ def test_zero_with_olor_sgd_through_a_shipped_config(tmp_path):
     """The config form on a real mmseg config (UPerNet R-50, OLOR-SGD) with
     ``tools/dist_train.sh``: the consolidated checkpoint holds an anchor
     for every rolling-back parameter and none for the others."""
-    from test_e2e import UPERNET, ade_overrides, write_config
-
-    from benchmarks.datasets import write_ade20k
-    root = str(tmp_path / 'ade')
-    write_ade20k(root, dict(train=4, val=2), image_size=(64, 64))
-    bn = "norm_cfg=dict(type='BN', requires_grad=True)"
-    body = ade_overrides(
-        root, max_iters=2,
-        model_extra=f', {bn}), decode_head=dict({bn}), '
-        f'auxiliary_head=dict({bn}') + '''
+    from test_e2e import gloo_upernet_config
+    config = gloo_upernet_config(tmp_path, '''
 optim_wrapper = dict(optimizer=dict(
     _delete_=True, type='ZeroRedundancyOptimizer', optimizer_type='OLORSGD',
     lr=0.01, momentum=0.9, weight_decay=0.0005))
-'''
-    config = write_config(tmp_path / 'cfg.py', UPERNET, body)
+''')
     dist_train(config, tmp_path / 'work')
     ckpt = load(tmp_path / 'work' / 'iter_2.pth')
     groups = ckpt['optimizer']['param_groups']

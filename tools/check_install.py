@@ -6,10 +6,22 @@ built against another torch fails here, not in the middle of training),
 mmpretrain and timm must import, and OLOR's fused CPU kernel must be
 there.
 """
+import argparse
 import sys
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description='Check that the installed stack runs: mmcv\'s compiled '
+        'ops, mmpretrain, timm and OLOR\'s fused CPU kernel.')
+    parser.add_argument(
+        '--verbose',
+        action='store_true',
+        help='show the libraries\' start-up warnings')
+    args = parser.parse_args(argv)
+    from mmolor.utils.cli import quiet_startup
+    quiet_startup(['--verbose'] if args.verbose else [])
+
     import torch
     import mmcv
     from mmcv.ops import nms, roi_align
