@@ -92,6 +92,15 @@ def check_results_json(parser, name, path):
                      '"results" is not a list)')
 
 
+def check_mergeable(parser, name, paths):
+    """``parser.error`` unless the JSONs ``paths`` merge
+    (:func:`merge_results`)."""
+    try:
+        merge_results(paths)
+    except ValueError as e:
+        parser.error(f'{name}: {e}')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Forgetting benchmark: AdamW, L2-SP, LLRD, OLOR, '
@@ -243,6 +252,7 @@ def parse_args(argv=None):
                        ('select', 'seeds', 'tasks', 'regimes', 'work_dir'))
         for path in args.select:
             check_results_json(parser, '--select', path)
+        check_mergeable(parser, '--select', args.select)
         return args
     if args.report is not None:
         refuse_all_but('--report', ('report', 'seeds', 'work_dir',
@@ -257,6 +267,7 @@ def parse_args(argv=None):
         if len(args.report) > 1 and args.work_dir is None:
             parser.error('--report with several JSONs writes the merged '
                          'one: give --work-dir')
+        check_mergeable(parser, '--report', args.report)
         if len(args.report) == 1 and args.work_dir is not None:
             parser.error('--work-dir is for --report with several JSONs '
                          '(one JSON\'s plots are written beside it)')
@@ -720,8 +731,10 @@ def merge_results(paths):
     same iterations and upstream for a (task, regime, seed). A run found in
     more than one file (e.g. the AdamW runs of a second run adding settings)
     is kept once (the first file's entry), and must have the same scores in
-    each on the metrics both have (the benchmark repeats on one machine);
-    otherwise the merge is refused.
+    each on the metrics both have (the benchmark repeats on one machine).
+
+    Raises:
+        ValueError: The files cannot be merged (the reason).
     """
     merged, seen, where, sources = [], {}, {}, []
     first_meta = None
@@ -734,15 +747,16 @@ def merge_results(paths):
         if first_meta is None:
             first_meta = (path, meta)
         elif meta != first_meta[1]:
-            sys.exit(f'--report: {path} and {first_meta[0]} cannot be '
-                     f'merged: {meta} != {first_meta[1]}')
+            raise ValueError(f'{path} and {first_meta[0]} cannot be '
+                             f'merged: {meta} != {first_meta[1]}')
         for entry in data['results']:
             group = (entry['task'], entry['regime'], entry['seed'])
             setup = (entry.get('iters'), entry.get('upstream_head_before'))
             if where.setdefault(group, (path, setup))[1] != setup:
-                sys.exit(f'--report: {path} and {where[group][0]} ran '
-                         f'{group} differently (iterations, upstream head '
-                         f'before): {setup} != {where[group][1]}')
+                raise ValueError(
+                    f'{path} and {where[group][0]} ran {group} differently '
+                    '(iterations, upstream head before): '
+                    f'{setup} != {where[group][1]}')
             key = setting_key(entry) + (entry['seed'], )
             scores = tuple(entry.get(m) for m in PAIRED_METRICS)
             if key in seen:
@@ -751,9 +765,9 @@ def merge_results(paths):
                 both = [(x, y) for x, y in zip(seen[key][1], scores)
                         if x is not None and y is not None]
                 if any(x != y for x, y in both):
-                    sys.exit(f'--report: {key} is in {seen[key][0]} and '
-                             f'{path} with other scores: {seen[key][1]} '
-                             f'!= {scores}')
+                    raise ValueError(
+                        f'{key} is in {seen[key][0]} and {path} with other '
+                        f'scores: {seen[key][1]} != {scores}')
                 continue
             seen[key] = (path, scores)
             merged.append(entry)

@@ -779,9 +779,15 @@ def test_report_merges_runs_that_pair(tmp_path, capsys):
         data = json.loads(path.read_text())
         change(data)
         path.write_text(json.dumps(data))
-        with pytest.raises(SystemExit, match=message):
-            forgetting.main(['--report', one, fourth, '--work-dir',
-                             str(tmp_path / 'no')])
+        for flag in ('--report', '--select'):
+            # refused by the parser, before any work or folder
+            with pytest.raises(SystemExit) as exit:
+                forgetting.main([flag, one, fourth, '--work-dir',
+                                 str(tmp_path / 'no')])
+            assert exit.value.code == 2
+            line = capsys.readouterr().err.splitlines()[-1]
+            assert f'error: {flag}: ' in line and message in line, line
+            assert not (tmp_path / 'no').exists()
     with pytest.raises(SystemExit):
         forgetting.parse_args(['--report', first, second])
     assert 'give --work-dir' in capsys.readouterr().err
