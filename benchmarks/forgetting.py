@@ -76,6 +76,18 @@ FULL = dict(
 
 
 
+def cpu_model():
+    """The CPU's model name (Linux), else the platform's processor."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def check_results_json(parser, name, path):
     """``parser.error`` unless ``path`` is a JSON with a ``results`` list
     (a ``forgetting.json``)."""
@@ -509,6 +521,10 @@ def run(args):
             mmolor=mmolor.__version__,
             torch=torch.__version__,
             python=platform.python_version()),
+        # Results repeat on one machine, not across CPUs (their vector
+        # kernels sum in other orders): the upstream of a seed differs.
+        machine=dict(
+            cpu=cpu_model(), isa=torch.backends.cpu.get_cpu_capability()),
         threads=1,
         jobs=args.jobs)
     wise = list(args.wise_alpha) if 'wise-ft' in args.methods else []
@@ -742,8 +758,10 @@ def merge_results(paths):
         with open(path) as f:
             data = json.load(f)
         meta = {k: data.get('meta', {}).get(k) for k in MERGE_META}
-        sources.append(
-            dict(file=path, command=data.get('meta', {}).get('command')))
+        source = dict(file=path, command=data.get('meta', {}).get('command'))
+        if data.get('meta', {}).get('machine'):
+            source['machine'] = data['meta']['machine']
+        sources.append(source)
         if first_meta is None:
             first_meta = (path, meta)
         elif meta != first_meta[1]:

@@ -16,6 +16,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 from mmengine.optim import build_optim_wrapper
 
 import mmolor  # noqa: F401  registries
@@ -445,7 +446,6 @@ def test_task_config_tests_on_the_test_split(task, tmp_path):
 
 def test_reestimate_bn_averages_the_batches_statistics():
     from torch import nn
-    import torch
     from benchmarks.upstream import to_inputs
 
     torch.manual_seed(0)
@@ -832,6 +832,10 @@ def test_tiny_benchmark_writes_paired_results(tmp_path):
     with open(out_json) as f:
         data = json.load(f)
     results = data['results']
+    # The machine, since a seed's runs repeat only on one kind of CPU.
+    assert data['meta']['machine']['cpu'] == forgetting.cpu_model() != ''
+    assert data['meta']['machine']['isa'] == \
+        torch.backends.cpu.get_cpu_capability()
     keys = {(e['task'], e['regime'], e['method'],
              json.dumps(e['config'], sort_keys=True), e['seed'])
             for e in results}
