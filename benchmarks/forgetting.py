@@ -105,10 +105,10 @@ def check_results_json(parser, name, path):
 
 
 def check_mergeable(parser, name, paths):
-    """``parser.error`` unless the JSONs ``paths`` merge
-    (:func:`merge_results`)."""
+    """The JSONs ``paths`` merged (:func:`merge_results`), or
+    ``parser.error`` if they do not merge."""
     try:
-        merge_results(paths)
+        return merge_results(paths)
     except ValueError as e:
         parser.error(f'{name}: {e}')
 
@@ -264,7 +264,7 @@ def parse_args(argv=None):
                        ('select', 'seeds', 'tasks', 'regimes', 'work_dir'))
         for path in args.select:
             check_results_json(parser, '--select', path)
-        check_mergeable(parser, '--select', args.select)
+        args.merged = check_mergeable(parser, '--select', args.select)
         return args
     if args.report is not None:
         refuse_all_but('--report', ('report', 'seeds', 'work_dir',
@@ -279,7 +279,7 @@ def parse_args(argv=None):
         if len(args.report) > 1 and args.work_dir is None:
             parser.error('--report with several JSONs writes the merged '
                          'one: give --work-dir')
-        check_mergeable(parser, '--report', args.report)
+        args.merged = check_mergeable(parser, '--report', args.report)
         if len(args.report) == 1 and args.work_dir is not None:
             parser.error('--work-dir is for --report with several JSONs '
                          '(one JSON\'s plots are written beside it)')
@@ -792,11 +792,13 @@ def merge_results(paths):
     return merged, dict(first_meta[1], merged_from=sources)
 
 
-def select_json(paths, seeds=None, work_dir=None, tasks=None, regimes=None):
+def select_json(paths, merged, seeds=None, work_dir=None, tasks=None,
+                regimes=None):
     """``--select``: the protocol's choices from tuning runs (every grid
     setting must have run on every tuning seed), in the cells of ``tasks``
-    and ``regimes`` (default: every cell the runs hold)."""
-    results, meta = merge_results(paths)
+    and ``regimes`` (default: every cell the runs hold); ``merged`` is
+    :func:`merge_results` of ``paths``."""
+    results, meta = merged
     results = [
         r for r in results if (tasks is None or r['task'] in tasks) and (
             regimes is None or r['regime'] in regimes)
@@ -833,12 +835,13 @@ def select_json(paths, seeds=None, work_dir=None, tasks=None, regimes=None):
                  'budgets are not equal yet')
 
 
-def report_json(paths, seeds=None, work_dir=None):
+def report_json(paths, merged, seeds=None, work_dir=None):
     """``--report``: the tables and plots of ``forgetting.json`` files,
     ``paired`` recomputed from their ``results`` (of ``seeds`` only, if
     given). One file: the plots go beside it. Several: merged
-    (:func:`merge_results`) into ``work_dir``'s ``forgetting.json``."""
-    results, meta = merge_results(paths)
+    (``merged``, :func:`merge_results` of ``paths``) into ``work_dir``'s
+    ``forgetting.json``."""
+    results, meta = merged
     if seeds is not None:
         results = [r for r in results if r['seed'] in seeds]
     if not results:
@@ -884,9 +887,9 @@ def main(argv=None):
         markdown_json(args.report, args.markdown)
         print('\n'.join(args.markdown))
     elif args.report is not None:
-        report_json(args.report, args.seeds, args.work_dir)
+        report_json(args.report, args.merged, args.seeds, args.work_dir)
     elif args.select is not None:
-        select_json(args.select, args.seeds, args.work_dir, args.tasks,
-                    args.regimes)
+        select_json(args.select, args.merged, args.seeds, args.work_dir,
+                    args.tasks, args.regimes)
     else:
         run(args)

@@ -293,7 +293,18 @@ custom_hooks = [dict(type='DumpRankWeightsHook')]
     assert w0.keys() == w1.keys() and len(w0) > 100
     for key in w0:
         assert torch.equal(w0[key], w1[key]), key
-    assert osp.exists(tmp_path / 'dist' / 'iter_2.pth')
+    checkpoint = str(tmp_path / 'dist' / 'iter_2.pth')
+    # tools/dist_test.sh CONFIG CHECKPOINT 2 splits the validation images
+    # between the ranks and scores what they collect: tools/test.py's mIoU.
+    run(['bash', 'tools/dist_test.sh', config, checkpoint, '2',
+         '--work-dir', str(tmp_path / 'dist_test')],
+        PORT=str(29500 + os.getpid() % 1000), PYTHON=sys.executable)
+    (path, ) = glob.glob(str(tmp_path / 'dist_test' / '*' / '*.json'))
+    with open(path) as f:
+        dist_metrics = json.load(f)
+    assert dist_metrics == test_metrics(config, checkpoint,
+                                        tmp_path / 'test')
+
 
 
 def test_users_own_mmdet_config_with_mmdets_own_tools(coco, tmp_path):

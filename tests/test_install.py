@@ -24,24 +24,21 @@ pytestmark = pytest.mark.slow
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-# Two steps of OLOR-AdamW (rollback 0.1, constant lr, so kappa = 0.1) and
-# of torch's AdamW followed by the review p <- p - kappa * (p - anchor).
-CHECK = r'''
+# Two steps of OLOR-AdamW built from mmengine's registry (rollback 0.1,
+# constant lr, so kappa = 0.1) and of torch's AdamW followed by the review
+# p <- p - kappa * (p - anchor): ``model`` and ``reference`` end equal
+# (test_extras.py runs it too).
+TWO_STEPS = r'''
 import copy
-import importlib.util
-import json
 
 import torch
 from mmengine.registry import OPTIMIZERS
-
-import mmolor
 
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 3)
 x, y = torch.randn(8, 4), torch.randn(8, 3)
 anchor = [p.detach().clone() for p in model.parameters()]
 reference = copy.deepcopy(model)
-
 olor = OPTIMIZERS.build(dict(type='OLORAdamW', params=model.parameters(),
                              lr=0.1, rollback=0.1))
 adamw = torch.optim.AdamW(reference.parameters(), lr=0.1)
@@ -53,7 +50,13 @@ for _ in range(2):
     with torch.no_grad():
         for p, p0 in zip(reference.parameters(), anchor):
             p.sub_(0.1 * (p - p0))
+'''
+CHECK = r'''
+import importlib.util
+import json
 
+import mmolor
+''' + TWO_STEPS + r'''
 print(json.dumps(dict(
     mmolor=mmolor.__file__,
     optimizer=type(olor).__name__,

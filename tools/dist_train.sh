@@ -3,27 +3,4 @@
 # GPUS processes per node, started with torchrun (gloo when no GPU is found).
 # Environment: NNODES (1), NODE_RANK (0), PORT (29500), MASTER_ADDR
 # (127.0.0.1), PYTHON (python).
-
-CONFIG=$1
-GPUS=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-"python"}
-if ! $PYTHON -c 'import torch' 2>/dev/null; then
-    echo "$0: '$PYTHON' cannot import torch. Activate mmolor's environment" \
-        "first (source .venv/bin/activate) or set PYTHON=.venv/bin/python." >&2
-    exit 1
-fi
-
-PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
-$PYTHON -m torch.distributed.run \
-    --nnodes=$NNODES \
-    --node_rank=$NODE_RANK \
-    --master_addr=$MASTER_ADDR \
-    --nproc_per_node=$GPUS \
-    --master_port=$PORT \
-    "$(dirname "$0")/train.py" \
-    $CONFIG \
-    --launcher pytorch "${@:3}"
+exec bash "$(dirname "$0")/launch.sh" torchrun "$2" train.py "$1" "${@:3}"
