@@ -88,6 +88,20 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def machine():
+    """The kind of machine a run repeats on: the CPU model and torch's
+    vector ISA (their kernels sum in other orders elsewhere)."""
+    return dict(cpu=cpu_model(), isa=torch.backends.cpu.get_cpu_capability())
+
+
+def command_line(argv):
+    """The command a ``forgetting.json`` records: the tool and ``argv``
+    with ``--work-dir``'s value written ``WORK_DIR`` and ``--resume``
+    left out (a resumed run is the same run)."""
+    return ' '.join([osp.relpath(sys.argv[0], REPO_ROOT)] + _without_work_dir(
+        [a for a in argv if a != '--resume']))
+
+
 def check_results_json(parser, name, path):
     """``parser.error`` unless ``path`` is a JSON with a ``results`` list
     (a ``forgetting.json``)."""
@@ -153,6 +167,13 @@ def parse_args(argv=None):
         help='confirmatory runs (benchmarks/PROTOCOL.md): in each planned '
         '(task, regime), AdamW and every method of a --select output at its '
         'chosen setting, instead of --methods and the setting flags')
+    parser.add_argument(
+        '--resume',
+        action='store_true',
+        help='continue the run in --work-dir, stopped before its end: the '
+        'runs its forgetting.json holds are kept, the others run (the same '
+        'command, on the same kind of CPU; the upstream models are made '
+        'again and must score as before)')
     parser.add_argument(
         '--tuning',
         action='store_true',
@@ -415,6 +436,26 @@ def parse_args(argv=None):
     cls = TASKS['cls'].sizes
     args.crops = args.crops or (cls['few'][0], cls['many'][0],
                                 cls['few'][1])
+    args.command = command_line(sys.argv[1:] if argv is None else argv)
+    args.resumed = None
+    if args.resume:
+        if args.work_dir is None:
+            parser.error('--resume continues the run in --work-dir: give '
+                         '--work-dir')
+        path = osp.join(args.work_dir, 'forgetting.json')
+        check_results_json(parser, '--resume', path)
+        with open(path) as f:
+            args.resumed = json.load(f)
+        meta = args.resumed.get('meta', {})
+        if meta.get('command') != args.command:
+            parser.error(f'--resume: {path!r} was written by '
+                         f"{meta.get('command')!r}, not by this command "
+                         f'({args.command!r})')
+        if meta.get('machine') != machine():
+            parser.error(f'--resume: {path!r} was run on '
+                         f"{meta.get('machine')}, this machine is "
+                         f'{machine()} (a seed\'s runs repeat only on one '
+                         'kind of CPU)')
     return args
 
 
@@ -494,8 +535,7 @@ def run(args):
     plan = settings(args)
     regimes = list(dict.fromkeys(r for _, r in args.plan))
     meta = dict(
-        command=' '.join([osp.relpath(sys.argv[0], REPO_ROOT)] +
-                         _without_work_dir(sys.argv[1:])),
+        command=args.command,
         plan=[dict(task=t, regime=r) for t, r in args.plan],
         regimes={r: REGIMES[r].description
                  for r in regimes},
@@ -523,8 +563,7 @@ def run(args):
             python=platform.python_version()),
         # Results repeat on one machine, not across CPUs (their vector
         # kernels sum in other orders): the upstream of a seed differs.
-        machine=dict(
-            cpu=cpu_model(), isa=torch.backends.cpu.get_cpu_capability()),
+        machine=machine(),
         threads=1,
         jobs=args.jobs)
     wise = list(args.wise_alpha) if 'wise-ft' in args.methods else []
@@ -620,6 +659,14 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
     run_jobs(pool, jobs, on_prepared)
     meta['upstreams'] = sorted(
         upstream_info, key=lambda u: (u['seed'], u['classes']))
+    if args.resumed is not None:
+        scores = [(u['seed'], u['classes'], u['scores'])
+                  for u in args.resumed['meta'].get('upstreams', [])]
+        if scores != [(u['seed'], u['classes'], u['scores'])
+                      for u in meta['upstreams']]:
+            sys.exit(f'--resume: the upstream models made again score '
+                     f'otherwise than those of {out_json}: its runs do '
+                     'not pair with new ones (another version of the code?)')
 
     # 2. Fine-tuning runs, seed by seed.
     runs = []
@@ -663,10 +710,33 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
                                  threads=1)))
     total = len(runs)
     results, ordered, walls, done = [], [], {}, []
-    print(f'fine-tuning: {total} runs, {args.jobs} at a time', flush=True)
+    if args.resumed is not None:
+        # A finished run: its entry, and an AdamW run's WiSE-FT entries.
+        finished = {}
+        for e in args.resumed['results']:
+            key = (e['task'], e['regime'], e['seed'])
+            if e['method'] == 'wise-ft':
+                key += ('adamw', '{}')
+            else:
+                key += (e['method'], json.dumps(e['config'], sort_keys=True))
+            finished.setdefault(key, []).append(e)
+        for index, (_, run) in enumerate(runs):
+            key = (run['task'], run['regime'], run['seed'], run['method'],
+                   json.dumps(run['config'], sort_keys=True))
+            if key in finished:
+                done.append(index)
+                ordered.extend(
+                    (index, i, e) for i, e in enumerate(finished[key]))
+        results[:] = [e for _, _, e in ordered]
+        meta['resumed_runs'] = len(done)
+        print(f'resuming {out_json}: {len(done)} of {total} runs finished',
+              flush=True)
+    todo = [i for i in range(total) if i not in done]
+    print(f'fine-tuning: {len(todo)} runs, {args.jobs} at a time', flush=True)
     tuning_start = time.time()
 
-    def on_run(index, entries):
+    def on_run(todo_index, entries):
+        index = todo[todo_index]
         done.append(index)
         task, iters = runs[index][1]['task'], runs[index][1]['iters']
         # Seconds per iteration, per task: regimes train for different
@@ -704,7 +774,7 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
         write_json(out_json,
                    dict(meta=meta, results=results, paired=paired(results)))
 
-    run_jobs(pool, runs, on_run)
+    run_jobs(pool, [runs[i] for i in todo], on_run)
     meta['fine_tuning_s'] = round(time.time() - tuning_start, 1)
     meta['wall_s'] = round(time.time() - start, 1)
     pairs = paired(results)

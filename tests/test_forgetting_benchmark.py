@@ -675,6 +675,85 @@ def test_every_setting_is_used_or_refused(capsys):
         assert message in capsys.readouterr().err, argv
 
 
+def test_resume_is_refused_unless_it_continues_this_run(tmp_path, capsys):
+    """``--resume``: the work dir's forgetting.json must be this command's,
+    run on this kind of CPU; else one parser line, before any work."""
+    argv = ['--tasks', 'cls', '--regimes', 'related-few', '--methods',
+            'adamw', '--seeds', '0', '--work-dir', str(tmp_path)]
+    with pytest.raises(SystemExit):
+        forgetting.parse_args(argv[:-2] + ['--resume'])
+    assert '--resume continues the run in --work-dir' in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        forgetting.parse_args(argv + ['--resume'])
+    assert f"--resume: no such file '{tmp_path / 'forgetting.json'}'" in \
+        capsys.readouterr().err
+    command = forgetting.parse_args(argv).command
+    assert '--resume' not in command and 'WORK_DIR' in command
+    meta = dict(command=command, machine=forgetting.machine())
+    (tmp_path / 'forgetting.json').write_text(
+        json.dumps(dict(meta=meta, results=[])))
+    resumed = forgetting.parse_args(argv + ['--resume'])
+    assert resumed.command == command and resumed.resumed['meta'] == meta
+    with pytest.raises(SystemExit):
+        forgetting.parse_args(argv[:-3] + ['1'] + argv[-2:] + ['--resume'])
+    assert 'not by this command' in capsys.readouterr().err
+    (tmp_path / 'forgetting.json').write_text(json.dumps(dict(
+        meta=dict(meta, machine=dict(cpu='another', isa='AVX512')),
+        results=[])))
+    with pytest.raises(SystemExit):
+        forgetting.parse_args(argv + ['--resume'])
+    assert 'one kind of CPU' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        forgetting.parse_args(['--report', str(tmp_path / 'forgetting.json'),
+                               '--resume'])
+    assert '--resume cannot apply' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_runs_what_is_missing_and_ends_as_one_run(tmp_path):
+    """A run stopped after its AdamW run (and WiSE-FT), continued with
+    ``--resume``: only OLOR trains, and the JSON is the uninterrupted
+    run's (the same scores; only the wall times differ)."""
+    work_dir = tmp_path / 'bench'
+    argv = [
+        sys.executable, TOOL, '--work-dir',
+        str(work_dir), '--tasks', 'cls', '--regimes', 'related-few',
+        '--methods', 'adamw', 'olor', 'wise-ft', '--r-max', '0.01',
+        '--power', '1', '--wise-alpha', '0.5', '--seeds', '0',
+        '--upstream-steps', '3', '--crops', '20', '30', '20', '--iters',
+        'cls=2'
+    ]
+
+    def run(*extra):
+        proc = subprocess.run(argv + list(extra), cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    run()
+    out_json = work_dir / 'forgetting.json'
+    full = json.loads(out_json.read_text())
+    assert [e['method'] for e in full['results']] == \
+        ['adamw', 'wise-ft', 'olor']
+    stopped = dict(full, results=full['results'][:2])
+    out_json.write_text(json.dumps(stopped))
+    log = run('--resume')
+    assert f'resuming {out_json}: 1 of 2 runs finished' in log
+    assert len(re.findall(r'^\[\d+/2\] ', log, re.M)) == 1
+    resumed = json.loads(out_json.read_text())
+    assert resumed['meta']['command'] == full['meta']['command']
+    assert resumed['meta']['resumed_runs'] == 1
+
+    def scores(entry):
+        return {k: v for k, v in entry.items() if k != 'wall_s'}
+
+    assert [scores(e) for e in resumed['results']] == \
+        [scores(e) for e in full['results']]
+    assert resumed['results'][:2] == full['results'][:2]
+    assert resumed['paired'] == full['paired']
+
+
 def test_report_of_a_json_recomputes_its_pairs(tmp_path, capsys):
     """``--report``: tables and plots of a JSON, paired differences
     recomputed from its results (of the chosen seeds); nothing else may
