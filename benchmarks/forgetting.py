@@ -626,8 +626,10 @@ def _main(args, plan, wise, work_dir, out_json, meta, pool):
                                  f'digits-{digits_name(classes)}_{size}')))
                         )
     print(
-        f'forgetting benchmark: {len(args.plan)} (task, regime) x '
-        f'{len(plan)} settings x {len(args.seeds)} seeds; work dir '
+        f'forgetting benchmark: {len(args.plan)} (task, regime) x ' +
+        (f'{len(plan)} settings' if args.settings_from is None else
+         f'AdamW and the settings chosen in {args.settings_from}') +
+        f' x {len(args.seeds)} seeds; work dir '
         f'{work_dir}\niterations: ' +
         ', '.join(f'{t} {r} {n}' for (t, r), n in args.iters.items()) +
         f'\npreparing {len(jobs)} upstream models and data sets, '
