@@ -17,13 +17,12 @@ import os
 import os.path as osp
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from mmolor.engine.drift import layer_drift
-from .datasets import CROPS_LAYOUT, write_digit_scenes
+from .datasets import write_crops, write_digit_scenes
 from .retention import (extract_features, linear_cka, reestimate_bn,
                         upstream_scores)
 from .upstream import (build_backbone, pretrain_upstream, save_upstream,
@@ -120,17 +119,7 @@ def write_upstream_test_set(test: Tuple[np.ndarray, np.ndarray],
     """Write held-out upstream ``(images, labels)`` as PNGs and an
     mmpretrain annotation file (the ``val`` part of
     :data:`~benchmarks.datasets.CROPS_LAYOUT`); returns the file."""
-    ann_rel, img_rel = CROPS_LAYOUT['val']
-    os.makedirs(osp.join(data_root, img_rel), exist_ok=True)
-    lines = []
-    for i, (image, label) in enumerate(zip(*test)):
-        name = f'{i:06d}.png'
-        cv2.imwrite(osp.join(data_root, img_rel, name), image)
-        lines.append(f'{name} {int(label)}')
-    path = osp.join(data_root, ann_rel)
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    return path
+    return write_crops(data_root, 'val', *test)
 
 
 def load_upstream(checkpoint: str) -> Upstream:

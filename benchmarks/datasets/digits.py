@@ -366,8 +366,6 @@ def write_digit_crops(data_root: str,
     written = {}
     for name, count in num_images.items():
         glyphs, labels = split[source[name]]
-        ann_rel, img_rel = CROPS_LAYOUT[name]
-        os.makedirs(osp.join(data_root, img_rel), exist_ok=True)
         by_class = [rng.permutation(np.flatnonzero(labels == c))
                     for c in range(len(classes))]
         index = np.array([
@@ -376,13 +374,23 @@ def write_digit_crops(data_root: str,
             for i in range(count)
         ], dtype=np.int64)
         images = compose_digits(glyphs[index], image_size, rng)
-        lines = []
-        for i, (image, k) in enumerate(zip(images, index)):
-            file_name = f'{i:06d}.png'
-            cv2.imwrite(osp.join(data_root, img_rel, file_name), image)
-            lines.append(f'{file_name} {int(labels[k])}')
-        path = osp.join(data_root, ann_rel)
-        with open(path, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
-        written[name] = path
+        written[name] = write_crops(data_root, name, images, labels[index])
     return written
+
+
+def write_crops(data_root: str, split: str, images: Sequence[np.ndarray],
+                labels: Sequence[int]) -> str:
+    """Write ``images`` with their ``labels`` as the ``split`` part of
+    :data:`CROPS_LAYOUT` under ``data_root``: PNGs and the mmpretrain
+    annotation file; returns the file."""
+    ann_rel, img_rel = CROPS_LAYOUT[split]
+    os.makedirs(osp.join(data_root, img_rel), exist_ok=True)
+    lines = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        file_name = f'{i:06d}.png'
+        cv2.imwrite(osp.join(data_root, img_rel, file_name), image)
+        lines.append(f'{file_name} {int(label)}')
+    path = osp.join(data_root, ann_rel)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return path
