@@ -14,7 +14,7 @@ from mmolor.optim import OLORAdam, OLORAdamW, OLORSGD
 from reference import ReferenceOLOR
 from test_optim import (CONFIG_IDS, CONFIGS, OLOR_CLASSES, TORCH_CLASSES,
                         make_grads, make_params, run_against_reference,
-                        set_grads)
+                        set_grads, step_with_twin)
 from test_optim import build_olor as build
 
 IMPL_KWARGS = dict(
@@ -171,17 +171,7 @@ def test_rollback_zero_groups_stay_torch_bitwise(base, hparams, impl):
     opt = build(base, hparams, kwargs, params)
     twin_groups = [dict(params=twin_params[3:5], lr=opt.param_groups[2]['lr'])]
     twin = TORCH_CLASSES[base](twin_groups, **hparams, **kwargs)
-    gen = torch.Generator().manual_seed(2)
-    for step in range(1, 8):
-        grads = make_grads(params, step, gen)
-        set_grads(params, grads)
-        set_grads(twin_params, grads)
-        opt.step()
-        twin.step()
-        for p, q in zip(params[3:5], twin_params[3:5]):
-            assert torch.equal(p, q)
-            for key, value in twin.state[q].items():
-                assert torch.equal(opt.state[p][key], value)
+    step_with_twin(opt, twin, params, twin_params, 7, range(3, 5))
 
 
 def test_sgd_fast_path_leaves_grads_alone():

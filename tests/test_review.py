@@ -15,8 +15,10 @@ import mmolor.optim.olor as olor_module
 from mmolor.optim import OLORAdam, OLORAdamW, OLORSGD
 from reference import ReferenceAdamSPD
 from test_optim import (CONFIG_IDS, CONFIGS, IMPLS, LR_FACTORS,
-                        OLOR_CLASSES, TORCH_CLASSES, build_olor, make_grads,
-                        make_params, run_against_reference, set_grads)
+                        OLOR_CLASSES, TORCH_CLASSES,
+                        assert_continues_identically, build_olor, make_grads,
+                        make_params, run_against_reference, set_grads,
+                        train_steps)
 
 SETTINGS = dict(
     spd=dict(review='spd'),
@@ -206,20 +208,13 @@ def test_resume_is_exact(cls, kwargs, kernel, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(),
                                 torch.nn.Linear(3, 1))
 
-    def train(model, opt, steps, seed):
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            opt.zero_grad()
-            model(torch.randn(6, 4, generator=gen)).square().mean().backward()
-            opt.step()
-
     def build(model):
         return cls([dict(params=model[0].parameters(), rollback=0.2,
                          review='spd', l2sp=0.1),
                     dict(params=model[2].parameters())], **kwargs)
 
     opt = build(model)
-    train(model, opt, 5, seed=1)
+    train_steps(model, opt, 5, seed=1)
     saved = pickle.loads(pickle.dumps(opt.state_dict()))
     model2 = copy.deepcopy(model)
     # Groups with the defaults ('olor', no L2-SP): the checkpoint's win.
@@ -229,12 +224,7 @@ def test_resume_is_exact(cls, kwargs, kernel, monkeypatch):
     assert opt2.param_groups[0]['review'] == 'spd'
     assert opt2.param_groups[0]['l2sp'] == 0.1
     assert opt2.param_groups[1]['review'] == 'olor'
-    train(model, opt, 5, seed=2)
-    train(model2, opt2, 5, seed=2)
-    for p, q in zip(model.parameters(), model2.parameters()):
-        assert torch.equal(p, q)
-        for key, value in opt.state[p].items():
-            assert torch.equal(opt2.state[q][key], value), key
+    assert_continues_identically(model, opt, model2, opt2)
 
 
 @pytest.mark.parametrize('kwargs,error,regex', [
