@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from mmolor.compat.dist import has_accelerator
+
 # Starts the tools, several at once.
 pytestmark = pytest.mark.slow
 
@@ -17,6 +19,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLS_CONFIG = 'configs/demo/resnet18-w16_adamw_300i_digit-crops.py'
 DET_CONFIG = 'configs/demo/mask-rcnn_r18-w16_fpn_olor-adamw_900i_digits.py'
 SEG_CONFIG = 'configs/demo/upernet_r18-w16_adamw_300i_digits.py'
+AMP_CONFIG = ('configs/convnext/'
+              'convnext-base_upernet_olor-adamw_8xb2-amp-160k_ade20k-512x512.py')
 # Printed by the libraries when a tool starts (DeepSpeed, torch.jit,
 # pkg_resources), unless --verbose.
 NOISE = ('real_accelerator', 'FutureWarning', 'UserWarning', 'Traceback')
@@ -85,6 +89,10 @@ BAD = {
         (['--nope'], 'unrecognized arguments: --nope'),
     ],
 }
+if not has_accelerator():
+    # A config of its own asking for AMP (AmpOptimWrapper needs a GPU).
+    BAD['tools/train.py'].append(([AMP_CONFIG, '--work-dir', 'WORK'],
+                                  f"config: '{AMP_CONFIG}' trains with AMP"))
 
 
 def run_all(cases, tmp_path):

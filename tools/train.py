@@ -10,7 +10,6 @@ with the gloo backend.
 """
 import argparse
 import logging
-import sys
 
 from mmolor.utils.cli import quiet_startup
 
@@ -96,9 +95,9 @@ def main():
     if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper' and \
             not has_accelerator():
         # AmpOptimWrapper asserts a GPU (or NPU/MLU/MUSA) when it is built.
-        sys.exit('error: AMP training (`--amp` or '
-                 "optim_wrapper.type='AmpOptimWrapper') needs a GPU, and "
-                 'none is available on this machine; train without --amp.')
+        parser.error(f'config: {args.config!r} trains with AMP '
+                     "(optim_wrapper.type='AmpOptimWrapper'), which needs a "
+                     'GPU, and none is available on this machine')
 
     # enable automatically scaling LR
     if args.auto_scale_lr:
