@@ -63,3 +63,13 @@ def test_launcher_without_torch_says_which_python():
                          env=dict(os.environ, PYTHON='false'))
     assert out.returncode == 1
     assert "'false' cannot import torch" in out.stderr
+
+
+@pytest.mark.parametrize('argv', [['cfg.py'], ['cfg.py', 'two']])
+def test_dist_train_without_a_number_of_gpus_says_so(argv):
+    out = subprocess.run(['bash', 'tools/dist_train.sh', *argv], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    gpus = argv[1] if len(argv) > 1 else ''
+    assert out.stderr == (f"tools/launch.sh: GPUS: '{gpus}' (expected a "
+                          'number of processes >= 1)\n')

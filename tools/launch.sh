@@ -16,6 +16,10 @@ if [ "$1" != torchrun ] && [ "$1" != slurm ]; then
         "| $0 slurm PARTITION JOB_NAME SCRIPT [ARGS...]" >&2
     exit 2
 fi
+if [ "$1" = torchrun ] && ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: GPUS: '$2' (expected a number of processes >= 1)" >&2
+    exit 2
+fi
 TOOLS=$(dirname "$0")
 PYTHON=${PYTHON:-"python"}
 if ! $PYTHON -c 'import torch' 2>/dev/null; then
