@@ -939,17 +939,19 @@ def markdown_json(paths, outs):
     markdown, and the start-here table of its confirmatory cells, into
     each of ``outs`` between the markers of the blocks it has
     (:func:`~benchmarks.report.write_markdown`)."""
-    sections, pairs = [], []
+    sections, pairs, runs = [], [], []
     for path in paths:
         with open(path) as f:
             data = json.load(f)
         rows = paired(data['results'])
         pairs += rows
+        # the confirmatory runs (they name OLOR's best peer)
+        runs += [r for r in data['results'] if 'best_peer' in r]
         sections.append(
             markdown_report(path, data['results'], rows, data['meta'],
                             METRIC_NAMES))
     for out in outs:
-        write_markdown(out, '\n'.join(sections), start_here(pairs))
+        write_markdown(out, '\n'.join(sections), start_here(pairs, runs))
 
 
 def main(argv=None):

@@ -7,7 +7,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .stats import LEGACY_METRICS, PRIMARY_METRICS, primary_metrics
+from .stats import LEGACY_METRICS, PRIMARY_METRICS
+from .stats import paired as paired_by_seed
+from .stats import primary_metrics
 
 __all__ = [
     'format_table', 'demo_tables', 'plot_drift', 'setting_label',
@@ -369,19 +371,23 @@ def _measurable(row: Optional[Dict], sign: int) -> bool:
 # The methods a config can ship (WiSE-FT interpolates weights after
 # training: no optimizer setting gives it).
 SHIPPABLE = ('olor', 'olor-spd', 'spd', 'l2sp', 'llrd', 'olor+llrd')
+# OLOR's two reviews, in the order a config prefers them.
+OLOR_REVIEWS = ('olor', 'olor-spd')
 
 
-def protocol_choice(paired: List[Dict], task: str,
+def protocol_choice(paired: List[Dict], results: List[Dict], task: str,
                     regime: str) -> Optional[Dict]:
     """What a config of this cell ships by benchmarks/PROTOCOL.md's section
     6: the method (of :data:`SHIPPABLE`) with the largest measurable
     retention gain over AdamW among those with no measurable downstream
-    cost; OLOR instead where that method is OLOR's best peer and OLOR is
-    not measurably worse than it on either primary metric.
+    cost; OLOR instead (review 'olor', else 'olor-spd') where it is not
+    measurably worse than that method on either primary metric, on the same
+    seeds (Holm within these four comparisons).
 
     Args:
         paired (list[dict]): :func:`~benchmarks.stats.paired` of a
             confirmatory cell's runs (test split, ``best_peer``).
+        results (list[dict]): The runs (``results`` entries) themselves.
         task (str): The cell's task.
         regime (str): The cell's regime.
 
@@ -401,24 +407,31 @@ def protocol_choice(paired: List[Dict], task: str,
     ]
     if not candidates:
         return None
-    best = max(candidates, key=lambda p: p['mean_diff'])
-    peer = {p['metric']: p for p in cell
-            if p.get('baseline', 'adamw') == best['method']
-            and p['method'] == 'olor'}
-    method = best['method']
-    if peer and not any(_measurable(peer.get(m), -1) for m in (down, keep)):
-        method = 'olor'
+    method = max(candidates, key=lambda p: p['mean_diff'])['method']
+    if method not in OLOR_REVIEWS:
+        # OLOR's runs against the method's on the same seeds; Holm within
+        # these comparisons (the runs' best peer is not involved).
+        runs = [{k: v for k, v in r.items() if k != 'best_peer'}
+                for r in results if (r['task'], r['regime']) == (task, regime)
+                and r['method'] in (method, ) + OLOR_REVIEWS]
+        to_method = paired_by_seed(runs, (down, keep), baseline=method,
+                                   primary=(down, keep))
+        for review in OLOR_REVIEWS:
+            rows = [p for p in to_method if p['method'] == review]
+            if rows and not any(_measurable(p, -1) for p in rows):
+                method = review
+                break
     rows = {m: to_adamw[method, m] for m in (down, keep)
             if (method, m) in to_adamw}
     return dict(method=method, config=next(iter(rows.values()))['config'],
                 rows=rows)
 
 
-def start_here(paired: List[Dict]) -> str:
+def start_here(paired: List[Dict], results: List[Dict]) -> str:
     """The start-here table: per confirmatory cell, the chosen OLOR minus
-    its best peer and what a config ships (:func:`protocol_choice`), with
-    its differences to AdamW; a markdown table, or '' without confirmatory
-    cells."""
+    its best peer and what a config ships (:func:`protocol_choice` of
+    ``paired`` and the ``results`` they compare), with its differences to
+    AdamW; a markdown table, or '' without confirmatory cells."""
     down, keep = PRIMARY_METRICS
     cells = OrderedDict.fromkeys(
         (p['task'], p['regime']) for p in paired
@@ -427,7 +440,7 @@ def start_here(paired: List[Dict]) -> str:
     for task, regime in cells:
         peer = _to_peer(paired, task, regime)
         any_peer = next(iter(peer.values()))
-        choice = protocol_choice(paired, task, regime)
+        choice = protocol_choice(paired, results, task, regime)
         rows.append([
             f'{task}, {regime}', any_peer['n'],
             setting_label(any_peer['baseline'],
@@ -514,7 +527,7 @@ def markdown_report(source: str, results: List[Dict], paired: List[Dict],
             ('; '.join(measurable) if measurable else 'none') + '.')
         peer = _peer_line(paired, task, regime, metrics, names).strip()
         if peer:
-            choice = protocol_choice(paired, task, regime)
+            choice = protocol_choice(paired, results, task, regime)
             lines += [
                 '', peer + ' (Holm p over the same family). A config of '
                 'this cell ships (PROTOCOL.md, section 6): ' +

@@ -191,26 +191,40 @@ def _confirmatory(gains):
 
 def test_protocol_choice_follows_section_6():
     from benchmarks.report import protocol_choice, start_here
+
+    def choose(**methods):
+        runs = _confirmatory(methods)
+        rows = paired(runs)
+        return protocol_choice(rows, runs, 'cls', 'related-few'), \
+            start_here(rows, runs)
+
     # SPD keeps the most without a downstream cost; OLOR is measurably
     # below it: SPD. LLRD keeps more but costs downstream: not chosen.
-    rows = paired(_confirmatory(dict(olor=(0.02, 0.02), spd=(0.05, 0.04),
-                                     llrd=(-0.03, 0.08))))
-    choice = protocol_choice(rows, 'cls', 'related-few')
+    choice, table = choose(olor=(0.02, 0.02), spd=(0.05, 0.04),
+                           llrd=(-0.03, 0.08))
     assert choice['method'] == 'spd'
     assert choice['rows']['upstream_head_reest_after']['mean_diff'] == \
         pytest.approx(0.04)
-    table = start_here(rows)
     assert '| cls, related-few | 10 | spd |' in table
     assert '| spd | +5.0 [' in table
-    # OLOR not measurably below its best peer (the same numbers): OLOR.
-    rows = paired(_confirmatory(dict(olor=(0.05, 0.04), spd=(0.05, 0.04))))
-    assert protocol_choice(rows, 'cls', 'related-few')['method'] == 'olor'
+    # OLOR not measurably below it (the same numbers): OLOR.
+    choice, _ = choose(olor=(0.05, 0.04), spd=(0.05, 0.04))
+    assert choice['method'] == 'olor'
+    # Either review counts, also against a method that is not OLOR's best
+    # peer (L2-SP keeps the most here; the runs name SPD as the peer).
+    choice, _ = choose(olor=(0.02, 0.02), spd=(0.03, 0.03),
+                       l2sp=(0.05, 0.06), **{'olor-spd': (0.05, 0.06)})
+    assert choice['method'] == 'olor-spd'
+    choice, _ = choose(olor=(0.02, 0.02), spd=(0.03, 0.03),
+                       l2sp=(0.05, 0.06), **{'olor-spd': (0.05, 0.03)})
+    assert choice['method'] == 'l2sp'
     # Every retention gain costs downstream: the recipe, no review.
-    rows = paired(_confirmatory(dict(olor=(-0.02, 0.02), spd=(-0.05, 0.04))))
-    assert protocol_choice(rows, 'cls', 'related-few') is None
-    assert 'the recipe, no review' in start_here(rows)
+    choice, table = choose(olor=(-0.02, 0.02), spd=(-0.05, 0.04))
+    assert choice is None
+    assert 'the recipe, no review' in table
     # Without confirmatory cells there is no table.
-    assert start_here(paired([_entry('adamw', 0, 0.5, 0.6)])) == ''
+    runs = [_entry('adamw', 0, 0.5, 0.6)]
+    assert start_here(paired(runs), runs) == ''
 
 
 def test_write_markdown_fills_the_blocks_a_file_has(tmp_path):
