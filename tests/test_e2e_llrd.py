@@ -9,7 +9,8 @@ written by :mod:`benchmarks.datasets`. Overridden: the size (a ConvNeXt of
 paths, no pretrained weights, no stochastic depth or dropout (a resume
 does not restore the RNG they draw from), and AmpOptimWrapper ->
 OptimWrapper (mmengine's AmpOptimWrapper needs a GPU); the optimizer,
-its lr decay and the rollback are the config's.
+its lr decay and the review (SPD's, one strength over the backbone) are
+the config's.
 """
 import os.path as osp
 
@@ -63,16 +64,17 @@ def test_convnext_llrd_trains_resumes_exactly_and_tests(ade, tmp_path):
     assert 'param groups: LearningRateDecayOptimizerConstructor' in log
     opt_full = resume_matches_full(config, tmp_path)
 
-    # The recipe's stage-wise lr decay and OLOR's rollback are both in the
-    # trained optimizer: lr_scale 0.9 ** (13 - stage id) (mmseg's rule for
-    # num_layers 12), and rollback from 0.01 (stem) down to 0.
+    # The recipe's stage-wise lr decay and the config's review are both in
+    # the trained optimizer: lr_scale 0.9 ** (13 - stage id) (mmseg's rule
+    # for num_layers 12), and SPD's review at strength 1 on every backbone
+    # group, none on the rest.
     groups = opt_full['param_groups']
     assert {round(g['lr_scale'], 12) for g in groups} == {
         round(0.9**(13 - i), 12) for i in (0, 1, 2, 3, 4, 13)}
-    rollbacks = [g['rollback'] for g in groups]
-    assert max(rollbacks) == 0.01 and min(rollbacks) == 0.0
     backbone = [g for g in groups
                 if all(n.startswith('backbone.') for n in g['param_names'])]
+    assert {(g['rollback'], g['review']) for g in backbone} == {(1.0, 'spd')}
+    assert {g['rollback'] for g in groups if g not in backbone} == {0.0}
     anchored = sum('anchor' in opt_full['state'][i] for g in backbone
                    if g['rollback'] > 0 for i in g['params'])
     assert anchored > 20

@@ -58,6 +58,8 @@ def test_plot_rollback_tool_on_a_shipped_mmseg_config(tmp_path):
         sys.executable, 'tools/analysis_tools/plot_rollback.py', UPERNET,
         '--out',
         str(out), '--cfg-options',
+        'optim_wrapper.paramwise_cfg.rollback.max=0.01',
+        'optim_wrapper.paramwise_cfg.rollback.min=0.0',
         'optim_wrapper.paramwise_cfg.rollback.power=2.0'
     ],
                           cwd=ROOT,
