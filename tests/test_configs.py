@@ -246,3 +246,43 @@ def test_llrd_config_keeps_the_recipes_lr_decay_and_wrapper(path):
         assert all(a > b for a, b in zip(order, order[1:])), order
         assert order[-1] == 0.0
         assert got['backbone.downsample_layers.0.0.weight'] == shipped['max']
+
+
+def header_overrides(path):
+    """The ``--cfg-options`` a config's header gives (the comment lines
+    from the one that names it to the first that is not an option)."""
+    with open(osp.join(ROOT, path)) as f:
+        comments = [line[1:].strip() for line in f if line.startswith('#')]
+    words = ' '.join(comments).split()
+    options = []
+    for word in words[words.index('--cfg-options') + 1:]:
+        if not re.fullmatch(r'[\w.]+=[\w.]+', word):
+            break
+        options.append(word)
+    return options
+
+
+@pytest.mark.parametrize(
+    'path', [p for p in CONFIGS if 'ade20k' in p], ids=osp.basename)
+def test_ade20k_header_overrides_give_olor_with_spds_review(path):
+    """The header's overrides turn SPD into the cell's OLOR with SPD's
+    review (r_max 1, power 1, per block, following the lr), and with
+    review=olor and max=0.001 into its OLOR; the optimizer builds."""
+    from mmengine.config import DictAction
+    cfg = Config.fromfile(osp.join(ROOT, path))
+    options = header_overrides(path)
+    assert len(options) == 3, options
+    cfg.merge_from_dict({
+        k: DictAction._parse_iterable(v)
+        for k, v in (o.split('=') for o in options)
+    })
+    assert cfg.optim_wrapper.optimizer.rollback_follows_lr is True
+    assert dict(cfg.optim_wrapper.paramwise_cfg.rollback) == dict(
+        max=1.0, min=0.0, power=1.0, scope=['backbone'], review='spd')
+    cfg.optim_wrapper.paramwise_cfg.rollback.update(review='olor', max=0.001)
+    model = build_model(cfg)
+    optimizer = build_optim_wrapper(model, _without_amp(
+        cfg.optim_wrapper)).optimizer
+    backbone = [g for g in optimizer.param_groups if g['rollback'] > 0]
+    assert backbone and {g['review'] for g in backbone} == {'olor'}
+    assert max(g['rollback'] for g in backbone) == 0.001
