@@ -392,9 +392,10 @@ def protocol_choice(paired: List[Dict], results: List[Dict], task: str,
         regime (str): The cell's regime.
 
     Returns:
-        dict, optional: ``method``, ``config`` and ``rows`` (its comparisons
-        with AdamW by metric), None where no method qualifies (ship the
-        recipe without a review).
+        dict, optional: ``method``, ``config``, ``rows`` (its comparisons
+        with AdamW by metric) and ``olor_rows`` (OLOR's runs minus those of
+        the method first chosen, when it is not OLOR), None where no method
+        qualifies (ship the recipe without a review).
     """
     down, keep = PRIMARY_METRICS
     cell = [p for p in paired if (p['task'], p['regime']) == (task, regime)]
@@ -408,6 +409,7 @@ def protocol_choice(paired: List[Dict], results: List[Dict], task: str,
     if not candidates:
         return None
     method = max(candidates, key=lambda p: p['mean_diff'])['method']
+    to_method = []
     if method not in OLOR_REVIEWS:
         # OLOR's runs against the method's on the same seeds; Holm within
         # these comparisons (the runs' best peer is not involved).
@@ -424,7 +426,29 @@ def protocol_choice(paired: List[Dict], results: List[Dict], task: str,
     rows = {m: to_adamw[method, m] for m in (down, keep)
             if (method, m) in to_adamw}
     return dict(method=method, config=next(iter(rows.values()))['config'],
-                rows=rows)
+                rows=rows, olor_rows=to_method)
+
+
+def _choice_line(choice: Optional[Dict], names: Sequence[str]) -> str:
+    """What a config ships, and the direct comparisons of OLOR's reviews
+    that decided it (where there were any)."""
+    if not choice:
+        return 'the recipe without a review'
+    text = setting_label(choice['method'], choice['config'])
+    by_setting: 'OrderedDict[str, Dict]' = OrderedDict()
+    for p in choice['olor_rows']:
+        by_setting.setdefault(
+            f"{setting_label(p['method'], p['config'])} − "
+            f"{setting_label(p['baseline'], p['baseline_config'])}",
+            {})[p['metric']] = p
+    if by_setting:
+        text += ('; on the same seeds (Holm p within these comparisons) ' +
+                 '; '.join(
+                     f'{label}: ' + ', '.join(
+                         f'{name} {_interval(rows.get(metric))}'
+                         for metric, name in zip(PRIMARY_METRICS, names))
+                     for label, rows in by_setting.items()))
+    return text
 
 
 def start_here(paired: List[Dict], results: List[Dict]) -> str:
@@ -531,8 +555,7 @@ def markdown_report(source: str, results: List[Dict], paired: List[Dict],
             lines += [
                 '', peer + ' (Holm p over the same family). A config of '
                 'this cell ships (PROTOCOL.md, section 6): ' +
-                (setting_label(choice['method'], choice['config'])
-                 if choice else 'the recipe without a review') + '.'
+                _choice_line(choice, names) + '.'
             ]
         lines.append('')
     return '\n'.join(lines)

@@ -218,6 +218,17 @@ def test_protocol_choice_follows_section_6():
     choice, _ = choose(olor=(0.02, 0.02), spd=(0.03, 0.03),
                        l2sp=(0.05, 0.06), **{'olor-spd': (0.05, 0.03)})
     assert choice['method'] == 'l2sp'
+    # The comparisons that decided it: both reviews minus L2-SP, Holm
+    # within the four.
+    rows = {(p['method'], p['metric']): p for p in choice['olor_rows']}
+    assert {p['baseline'] for p in choice['olor_rows']} == {'l2sp'}
+    assert sorted(rows) == sorted(
+        (m, k) for m in ('olor', 'olor-spd')
+        for k in ('test_downstream', 'upstream_head_reest_after'))
+    assert rows['olor-spd', 'upstream_head_reest_after']['mean_diff'] == \
+        pytest.approx(-0.03)
+    assert [p['p_holm'] for p in choice['olor_rows']] == pytest.approx(
+        holm([p['p_signflip'] for p in choice['olor_rows']]))
     # Every retention gain costs downstream: the recipe, no review.
     choice, table = choose(olor=(-0.02, 0.02), spd=(-0.05, 0.04))
     assert choice is None
