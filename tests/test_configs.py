@@ -268,14 +268,16 @@ def test_ade20k_header_overrides_give_olor_with_spds_review(path):
     """The header's overrides turn SPD into the cell's OLOR with SPD's
     review (r_max 1, power 1, per block, following the lr), and with
     review=olor and max=0.001 into its OLOR; the optimizer builds."""
-    from mmengine.config import DictAction
+    import argparse
+
+    from mmolor.utils.cli import add_cfg_options
     cfg = Config.fromfile(osp.join(ROOT, path))
     options = header_overrides(path)
     assert len(options) == 3, options
-    cfg.merge_from_dict({
-        k: DictAction._parse_iterable(v)
-        for k, v in (o.split('=') for o in options)
-    })
+    parser = argparse.ArgumentParser()
+    add_cfg_options(parser)  # as the tools parse them
+    cfg.merge_from_dict(
+        parser.parse_args(['--cfg-options', *options]).cfg_options)
     assert cfg.optim_wrapper.optimizer.rollback_follows_lr is True
     assert dict(cfg.optim_wrapper.paramwise_cfg.rollback) == dict(
         max=1.0, min=0.0, power=1.0, scope=['backbone'], review='spd')
