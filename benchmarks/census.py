@@ -19,7 +19,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from mmolor.optim.layer_depth import get_layer_depths
+from mmolor.optim.layer_depth import dummy_inputs, get_layer_depths
 
 __all__ = ['Case', 'collect_cases', 'check_case', 'MULTI_BRANCH', 'SKIPPED']
 
@@ -169,7 +169,6 @@ def first_use_order(module: nn.Module) -> List[str]:
     dummy images are the ones the depth rule tries; the first one the
     backbone takes is used.
     """
-    from mmolor.optim.layer_depth import _dummy_inputs
     order: List[str] = []
     seen: set = set()
 
@@ -187,7 +186,7 @@ def first_use_order(module: nn.Module) -> List[str]:
     training = module.training
     try:
         module.eval()
-        for image in _dummy_inputs(module):
+        for image in dummy_inputs(module):
             order.clear(), seen.clear()
             try:
                 with torch.no_grad():

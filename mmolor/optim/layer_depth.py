@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-__all__ = ['LayerDepths', 'get_layer_depths', 'find_blocks']
+__all__ = ['LayerDepths', 'get_layer_depths', 'find_blocks', 'dummy_inputs']
 
 _NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 # Modules that own parameters but are not weight layers of their own.
@@ -172,8 +172,14 @@ def _grad_nodes(obj: Any, out: list) -> list:
     return out
 
 
-def _dummy_inputs(module: nn.Module):
-    """Dummy images for the forward pass: the backbone's size first."""
+def dummy_inputs(module: nn.Module):
+    """Dummy images for a forward pass of ``module``: its own size first.
+
+    Yields ``(1, C, H, W)`` tensors on the module's device and dtype, one
+    per channel count and size to try (the backbone's ``img_size`` or
+    ``pretrain_img_size`` first, then common sizes); callers take the first
+    one the module accepts.
+    """
     param = next(module.parameters())
     # An image has 3 channels, unless the backbone says otherwise.
     channels = [3, getattr(module, 'in_channels', 3)] + [
@@ -238,7 +244,7 @@ def _trace(module: nn.Module, units: List[str]) -> _Trace:
         module.eval()
         errors = []
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            for image in _dummy_inputs(module):
+            for image in dummy_inputs(module):
                 order.clear(), inputs.clear(), outputs.clear()
                 try:
                     module(image)
