@@ -423,15 +423,22 @@ def test_base_constructor_lookup_without_a_default_scope():
     one that mmdet and mmseg both register must be scoped; in a scope, the
     scope's class is taken, as mmengine's build_optim_wrapper does."""
     code = r'''
-import re
 from mmengine.registry import DefaultScope
-import mmolor
-from mmolor.optim.constructor import _lookup_constructor
+from mmolor.optim import OLOROptimWrapperConstructor
+
+
+def base_cls(name):
+    """The base class the public constructor looks up for `name`."""
+    return OLOROptimWrapperConstructor(
+        dict(type='OptimWrapper', optimizer=dict(type='OLORAdamW', lr=0.1)),
+        dict(base_constructor=name)).base_cls
+
+
 assert DefaultScope.get_current_instance() is None
-cls = _lookup_constructor('LearningRateDecayOptimWrapperConstructor')
+cls = base_cls('LearningRateDecayOptimWrapperConstructor')
 assert cls.__module__.startswith('mmpretrain.'), cls
 try:
-    _lookup_constructor('LearningRateDecayOptimizerConstructor')
+    base_cls('LearningRateDecayOptimizerConstructor')
 except ValueError as e:
     assert "is ambiguous without a default scope: write one of " \
         "['mmdet.LearningRateDecayOptimizerConstructor', " \
@@ -440,7 +447,7 @@ else:
     raise AssertionError('not ambiguous')
 for scope in ('mmdet', 'mmseg'):
     with DefaultScope.overwrite_default_scope(scope):
-        cls = _lookup_constructor('LearningRateDecayOptimizerConstructor')
+        cls = base_cls('LearningRateDecayOptimizerConstructor')
     assert cls.__module__.startswith(scope + '.'), cls
 print('ok')
 '''
