@@ -292,7 +292,8 @@ def anchor_drift(args) -> None:
 
 
 def e2e(args) -> None:
-    """Training iterations of a small Mask R-CNN, AdamW vs OLOR-AdamW."""
+    """Training iterations of a small Mask R-CNN: AdamW, OLOR-AdamW as
+    published and with the review 'spd', interleaved."""
     require('det', '--e2e (a Mask R-CNN)')
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -325,28 +326,33 @@ def e2e(args) -> None:
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).to(args.device)
     model.init_weights()
-    models = [model, copy.deepcopy(model)]
-    wrappers = [
-        build_optim_wrapper(
-            models[0],
-            dict(
-                optimizer=dict(type='AdamW', **ADAMW),
-                paramwise_cfg=dict(norm_decay_mult=0.0))),
-        build_optim_wrapper(
-            models[1],
-            dict(
-                constructor='OLOROptimWrapperConstructor',
-                optimizer=dict(type='OLORAdamW', **ADAMW),
-                paramwise_cfg=dict(
-                    rollback=dict(
-                        max=0.01,
-                        min=0.0,
-                        power=1.0,
-                        layer='block',
-                        scope=['backbone']),
-                    norm_decay_mult=0.0)))
+    # AdamW; OLOR-AdamW as published (r_max 0.01 following the lr); SPD's
+    # review at strength 1 over the backbone, as the ADE20K configs ship.
+    rollbacks = [
+        None,
+        dict(max=0.01, min=0.0, power=1.0, layer='block',
+             scope=['backbone']),
+        dict(max=1.0, min=1.0, power=0.0, scope=['backbone'], review='spd'),
     ]
-    step_times: Tuple[List[float], List[float]] = ([], [])
+    labels = ['AdamW', 'OLOR-AdamW', "OLOR-AdamW review='spd'"]
+    models, wrappers = [], []
+    for rollback in rollbacks:
+        models.append(copy.deepcopy(model))
+        if rollback is None:
+            cfg = dict(optimizer=dict(type='AdamW', **ADAMW))
+        else:
+            cfg = dict(
+                constructor='OLOROptimWrapperConstructor',
+                optimizer=dict(
+                    type='OLORAdamW',
+                    rollback_follows_lr=rollback.get('review') != 'spd',
+                    **ADAMW),
+                paramwise_cfg=dict(rollback=rollback))
+        cfg.setdefault('paramwise_cfg', {})['norm_decay_mult'] = 0.0
+        wrappers.append(build_optim_wrapper(models[-1], cfg))
+    del model
+    n = len(wrappers)
+    step_times: List[List[float]] = [[] for _ in range(n)]
     for k, ow in enumerate(wrappers):
         step = ow.optimizer.step
 
@@ -359,11 +365,11 @@ def e2e(args) -> None:
             return out
 
         ow.optimizer.step = timed
-    iters: Tuple[List[float], List[float]] = ([], [])
+    iters: List[List[float]] = [[] for _ in range(n)]
     total = args.e2e_warmup + args.e2e_iters
     for i in range(total):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for k in order:
+        # A rotating order: each optimizer runs first, middle and last.
+        for k in [(i + j) % n for j in range(n)]:
             torch.manual_seed(i)
             models[k].train()
             sync(args.device)
@@ -372,9 +378,22 @@ def e2e(args) -> None:
             sync(args.device)
             if i >= args.e2e_warmup:
                 iters[k].append(time.perf_counter() - start)
-    for k in (0, 1):
+    for k in range(n):
         del step_times[k][:args.e2e_warmup]
-    ratios = sorted(b / a for a, b in zip(*iters))
+    print(f'\nMask R-CNN R-50-FPN, {args.e2e_size}px images, batch 2, '
+          f'{args.e2e_iters} interleaved iterations after '
+          f'{args.e2e_warmup} warm-up (ratio: to AdamW, median '
+          '[q1-q3] of the per-iteration ratios):')
+    for k in range(n):
+        line = (f'  {labels[k]}: iteration {statistics.median(iters[k]):.3f}'
+                f' s, optimizer step '
+                f'{1e3 * statistics.median(step_times[k]):.1f} ms')
+        if k:
+            ratios = sorted(b / a for a, b in zip(iters[0], iters[k]))
+            line += (f'; iteration ratio {statistics.median(ratios):.3f} '
+                     f'[{ratios[len(ratios) // 4]:.3f}-'
+                     f'{ratios[(3 * len(ratios)) // 4]:.3f}]')
+        print(line)
     opt = wrappers[1].optimizer
     backbone = [
         p for n, p in models[1].named_parameters()
@@ -388,18 +407,7 @@ def e2e(args) -> None:
                    if 'anchor' in opt.state.get(p, {}))
     rolling = sum(p.numel() for g in opt.param_groups if g['rollback'] > 0
                   for p in g['params'] if p.requires_grad)
-    print(f'\nMask R-CNN R-50-FPN, {args.e2e_size}px images, batch 2, '
-          f'{args.e2e_iters} interleaved iterations after '
-          f'{args.e2e_warmup} warm-up:')
-    print(f'  iteration: AdamW {statistics.median(iters[0]):.3f} s, '
-          f'OLOR-AdamW {statistics.median(iters[1]):.3f} s, ratio '
-          f'{statistics.median(ratios):.3f} '
-          f'[{ratios[len(ratios) // 4]:.3f}-'
-          f'{ratios[(3 * len(ratios)) // 4]:.3f}]')
-    step_ms = [1e3 * statistics.median(t) for t in step_times]
-    print(f'  optimizer step: AdamW {step_ms[0]:.1f} ms, OLOR-AdamW '
-          f'{step_ms[1]:.1f} ms')
-    print(f'  anchors: {anchored / 1e6:.2f} M elements, for the '
+    print(f'  OLOR-AdamW anchors: {anchored / 1e6:.2f} M elements, for the '
           f'{rolling / 1e6:.2f} M rolling-back parameters (backbone: '
           f'{sum(p.numel() for p in backbone) / 1e6:.2f} M trainable, the '
           'deepest layers at rollback 0); neck and heads '

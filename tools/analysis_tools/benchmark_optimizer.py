@@ -33,8 +33,8 @@ back (rollback 0.01), so OLOR's state holds one anchor per parameter.
 
 Optional sections: how far a run whose anchors are kept in bfloat16 drifts
 from the float32-anchored run (``--drift-steps``), and the training
-iteration time of a small Mask R-CNN with OLOR-AdamW against AdamW
-(``--e2e``).
+iteration time of a small Mask R-CNN with AdamW, OLOR-AdamW and OLOR-AdamW
+with SPD's review, interleaved (``--e2e``).
 
 Examples (times on a shared 2-core CPU):
     # torch's default thread count (2 here), as training runs; ~3 min
@@ -113,7 +113,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         '--e2e',
         action='store_true',
         help='also time training iterations of a small Mask R-CNN '
-        '(R-50-FPN, synthetic COCO data) with AdamW and OLOR-AdamW')
+        '(R-50-FPN, synthetic COCO data) with AdamW, OLOR-AdamW and '
+        "OLOR-AdamW with review='spd'")
     parser.add_argument(
         '--e2e-iters',
         type=int,
