@@ -262,6 +262,9 @@ def header_overrides(path):
     return options
 
 
+# Builds each full-size segmentor (BEiT-B at 640 px: ~30 s) once more, as
+# the other tests here do: in the slow lane, with the census.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'path', [p for p in CONFIGS if 'ade20k' in p], ids=osp.basename)
 def test_ade20k_header_overrides_give_olor_with_spds_review(path):
