@@ -6,7 +6,8 @@
 #   make install  only the setup part (shared by test and demo)
 #
 # The install is idempotent: a stamp file records the last successful run and
-# is refreshed whenever setup.py, mmolor/version.py or this Makefile change.
+# is refreshed whenever setup.py, mmolor/version.py, this Makefile or the
+# fused CPU kernel's source (mmolor/optim/csrc/olor_cpu.cpp) change.
 # mmcv has no wheel on PyPI; it is built from source with its C++ ops
 # against the installed torch (~15 min on 2 cores) and kept in a wheel
 # folder named after that torch version, so later installs take seconds and
@@ -37,7 +38,7 @@ MMCV_WHEELS ?= $(HOME)/.cache/mmolor/wheels/mmcv-$(MMCV)-torch-$(TORCH)
 
 install: $(STAMP)
 
-$(STAMP): setup.py mmolor/version.py Makefile
+$(STAMP): setup.py mmolor/version.py Makefile mmolor/optim/csrc/olor_cpu.cpp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch + torchvision: the pair that imports mmpretrain and timm
 	# (torchvision has no build for the CPU-only torch wheels).
