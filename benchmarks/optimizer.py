@@ -339,17 +339,18 @@ def e2e(args) -> None:
     for rollback in rollbacks:
         models.append(copy.deepcopy(model))
         if rollback is None:
-            cfg = dict(optimizer=dict(type='AdamW', **ADAMW))
+            wrapper_cfg = dict(
+                optimizer=dict(type='AdamW', **ADAMW),
+                paramwise_cfg=dict(norm_decay_mult=0.0))
         else:
-            cfg = dict(
+            wrapper_cfg = dict(
                 constructor='OLOROptimWrapperConstructor',
                 optimizer=dict(
                     type='OLORAdamW',
                     rollback_follows_lr=rollback.get('review') != 'spd',
                     **ADAMW),
-                paramwise_cfg=dict(rollback=rollback))
-        cfg.setdefault('paramwise_cfg', {})['norm_decay_mult'] = 0.0
-        wrappers.append(build_optim_wrapper(models[-1], cfg))
+                paramwise_cfg=dict(rollback=rollback, norm_decay_mult=0.0))
+        wrappers.append(build_optim_wrapper(models[-1], wrapper_cfg))
     del model
     n = len(wrappers)
     step_times: List[List[float]] = [[] for _ in range(n)]
