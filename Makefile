@@ -79,9 +79,10 @@ test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # The fast lane: every test but those marked slow (real training, the
-# tools, several processes, builds; see setup.cfg).
+# tools, several processes, builds; see setup.cfg), on one pytest-xdist
+# worker per core.
 test-fast: install
-	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" -n auto --dist worksteal $(PYTEST_ARGS)
 
 demo: install
 	$(PY) tools/demo.py

@@ -42,6 +42,7 @@ REQUIREMENTS: Dict[str, Tuple[Optional[str], Optional[str]]] = {
     'timm': ('0.9', None),
     # the `tests` and `demo` extras
     'pytest': ('7.3', None),
+    'pytest-xdist': ('3.2', None),  # the fast lane's workers (worksteal)
     'expecttest': (None, None),  # torch's own optimizer test table
     'scikit-learn': (None, None),  # the demo's bundled digits
     'matplotlib': (None, None),  # the demo's plots
@@ -57,7 +58,7 @@ EXTRAS: Dict[str, Tuple[str, ...]] = {
     'det': ('mmcv', 'mmdet'),
     'seg': ('mmcv', 'mmsegmentation', 'ftfy', 'regex'),
     'cls': ('mmcv', 'mmpretrain', 'torchvision', 'timm'),
-    'tests': ('pytest', 'expecttest'),
+    'tests': ('pytest', 'pytest-xdist', 'expecttest'),
     'demo': ('scikit-learn', 'matplotlib'),
 }
 # The extras that `all` gathers: every codebase.
