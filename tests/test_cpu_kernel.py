@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import mmolor.optim._cpu_kernel as cpu_kernel_module
-import mmolor.optim._functional as functional
-from mmolor.optim import OLORAdamW, OLORSGD
+import mmolor.optim
+from mmolor.optim import OLORAdamW, OLORSGD, cpu_kernel, cpu_kernel_error
 from test_optim import run_against_reference
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -35,10 +34,9 @@ for name in ('load', 'load_inline', '_jit_compile'):
     setattr(cpp_extension, name, no_build)
 start = time.perf_counter()
 import mmolor
-from mmolor.optim import OLORAdamW, OLORSGD
-from mmolor.optim import _cpu_kernel
+from mmolor.optim import OLORAdamW, OLORSGD, cpu_kernel, cpu_kernel_error
 import_s = time.perf_counter() - start
-assert _cpu_kernel._module is None  # not loaded by the import
+assert 'mmolor.optim._olor_cpu' not in sys.modules  # not loaded by the import
 out = dict(import_s=import_s, which=[shutil.which(c) for c in
            ('c++', 'g++', 'gcc', 'ninja')], cwd=os.getcwd())
 for name, cls, kwargs in (('adamw', OLORAdamW, dict(lr=1e-3)),
@@ -50,24 +48,24 @@ for name, cls, kwargs in (('adamw', OLORAdamW, dict(lr=1e-3)),
     start = time.perf_counter()
     opt.step()
     out[name + '_first_step_s'] = time.perf_counter() - start
-out['kernel'] = _cpu_kernel._module.__file__
-out['error'] = _cpu_kernel.cpu_kernel_error()
+out['kernel'] = cpu_kernel().__file__
+out['error'] = cpu_kernel_error()
 print(json.dumps(out))
 '''
 
 
 @pytest.fixture
 def kernel():
-    module = cpu_kernel_module.cpu_kernel()
+    module = cpu_kernel()
     assert module is not None, \
-        f'fused CPU kernel unavailable: {cpu_kernel_module.cpu_kernel_error()}'
+        f'fused CPU kernel unavailable: {cpu_kernel_error()}'
     return module
 
 
 def test_kernel_is_installed_with_the_package(kernel):
     """The kernel is the extension setup.py built beside the sources, not a
     build of torch's JIT loader (whose cache lives elsewhere)."""
-    assert osp.dirname(kernel.__file__) == osp.dirname(functional.__file__)
+    assert osp.dirname(kernel.__file__) == osp.dirname(mmolor.optim.__file__)
     assert kernel.__name__ == 'mmolor.optim._olor_cpu'
 
 
@@ -159,10 +157,15 @@ def test_fresh_process_finds_the_kernel_ready(tmp_path):
 
 @pytest.fixture
 def fresh_loader(monkeypatch):
-    """cpu_kernel() as in a new process: nothing loaded or failed yet."""
-    monkeypatch.setattr(cpu_kernel_module, '_module', None)
-    monkeypatch.setattr(cpu_kernel_module, '_error', None)
+    """cpu_kernel() as in a new process: nothing loaded or failed yet (and
+    again after the test, which may have hidden or switched off the
+    kernel)."""
     monkeypatch.delenv('MMOLOR_CPU_KERNEL', raising=False)
+    cpu_kernel.cache_clear()
+    yield
+    monkeypatch.undo()
+    cpu_kernel.cache_clear()
+    assert cpu_kernel() is not None, cpu_kernel_error()
 
 
 def test_loading_builds_nothing(fresh_loader, monkeypatch):
@@ -175,7 +178,7 @@ def test_loading_builds_nothing(fresh_loader, monkeypatch):
         monkeypatch.setattr(cpp_extension, name, no_build)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        assert cpu_kernel_module.cpu_kernel() is not None
+        assert cpu_kernel() is not None
 
 
 def test_missing_kernel_warns_once_and_falls_back(fresh_loader, monkeypatch):
@@ -184,10 +187,10 @@ def test_missing_kernel_warns_once_and_falls_back(fresh_loader, monkeypatch):
     step (fused here, as asked) and the review, equal to the reference."""
     monkeypatch.setitem(sys.modules, 'mmolor.optim._olor_cpu', None)
     with pytest.warns(UserWarning, match='not available') as record:
-        assert cpu_kernel_module.cpu_kernel() is None
+        assert cpu_kernel() is None
     assert len(record) == 1
     assert 'reinstall' in str(record[0].message)
-    assert 'mmolor.optim._olor_cpu' in cpu_kernel_module.cpu_kernel_error()
+    assert 'mmolor.optim._olor_cpu' in cpu_kernel_error()
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # no second warning
         run_against_reference(
@@ -199,14 +202,19 @@ def test_missing_kernel_warns_once_and_falls_back(fresh_loader, monkeypatch):
 
 
 def test_switched_off_kernel_falls_back_quietly(fresh_loader, monkeypatch):
+    """MMOLOR_CPU_KERNEL=0: no warning, and torch's step (fused, where
+    asked) and the review, equal to the reference."""
     monkeypatch.setenv('MMOLOR_CPU_KERNEL', '0')
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        assert cpu_kernel_module.cpu_kernel() is None
+        assert cpu_kernel() is None
+        run_against_reference(
+            'adamw', dict(lr=0.01, weight_decay=0.1), dict(fused=True),
+            dtype=torch.float32)
         run_against_reference(
             'sgd', dict(lr=0.1, momentum=0.9, nesterov=True), dict(),
             dtype=torch.float32)
-    assert 'MMOLOR_CPU_KERNEL=0' in cpu_kernel_module.cpu_kernel_error()
+    assert 'MMOLOR_CPU_KERNEL=0' in cpu_kernel_error()
 
 
 def test_adam_kernel_rejects_bad_input_before_counting_the_step(kernel):

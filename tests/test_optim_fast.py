@@ -332,20 +332,6 @@ def test_cpu_kernel_rejects_bad_input_before_writing():
     assert torch.equal(buf, torch.zeros(4))
 
 
-def test_cpu_kernel_can_be_switched_off(monkeypatch):
-    """MMOLOR_CPU_KERNEL=0: no build, and the fused path falls back to
-    torch's fused step and the review (still equal to the reference)."""
-    from mmolor.optim import _cpu_kernel
-    monkeypatch.setattr(_cpu_kernel, '_module', None)
-    monkeypatch.setattr(_cpu_kernel, '_error', None)
-    monkeypatch.setenv('MMOLOR_CPU_KERNEL', '0')
-    assert _cpu_kernel.cpu_kernel() is None
-    assert 'MMOLOR_CPU_KERNEL=0' in _cpu_kernel.cpu_kernel_error()
-    run_against_reference(
-        'adamw', dict(lr=0.01, weight_decay=0.1), dict(fused=True),
-        dtype=torch.float32)
-
-
 def test_cpu_kernel_leaves_float16_anchors_to_torch(kernel_calls):
     """float16 anchors: torch's step and the review, same numbers."""
     opt, _ = run_against_reference(

@@ -12,6 +12,7 @@ loads (torch changed since the install), OLOR warns once and takes torch's
 step (in the mode the group asks for) followed by the review instead: the
 same update, one more pass over memory. ``MMOLOR_CPU_KERNEL=0`` switches it off without a warning.
 """
+import functools
 import importlib
 import os
 import warnings
@@ -22,28 +23,29 @@ import torch  # noqa: F401  the kernel links torch's libraries
 
 __all__ = ['cpu_kernel', 'cpu_kernel_error']
 
-_module: Optional[ModuleType] = None
 _error: Optional[str] = None
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_kernel() -> Optional[ModuleType]:
     """The compiled kernel module, or None when it is unavailable.
 
     Imports it on the first call (about a millisecond); a failed import
     warns once and is not retried. :func:`cpu_kernel_error` says why it is
-    unavailable.
+    unavailable. The answer is cached (``functools.lru_cache``):
+    ``cpu_kernel.cache_clear()`` makes the next call look again, e.g. after
+    ``MMOLOR_CPU_KERNEL`` changed.
 
     Returns:
         ModuleType, optional: ``mmolor.optim._olor_cpu``, or None.
     """
-    global _module, _error
-    if _module is not None or _error is not None:
-        return _module
+    global _error
+    _error = None
     if os.environ.get('MMOLOR_CPU_KERNEL', '1') == '0':
         _error = 'disabled by MMOLOR_CPU_KERNEL=0'
         return None
     try:
-        module = importlib.import_module(f'{__package__}._olor_cpu')
+        return importlib.import_module(f'{__package__}._olor_cpu')
     except ImportError as e:  # not built at install, or for another torch
         _error = f'{type(e).__name__}: {e}'
         warnings.warn(
@@ -56,8 +58,6 @@ def cpu_kernel() -> Optional[ModuleType]:
             'MMOLOR_CPU_KERNEL=0 to silence this.',
             stacklevel=2)
         return None
-    _module = module
-    return _module
 
 
 def cpu_kernel_error() -> Optional[str]:
@@ -65,7 +65,7 @@ def cpu_kernel_error() -> Optional[str]:
 
     Returns:
         str, optional: The reason (the import error, or that
-        ``MMOLOR_CPU_KERNEL=0`` switched it off); None when the kernel
-        loaded or :func:`cpu_kernel` was not called yet.
+        ``MMOLOR_CPU_KERNEL=0`` switched it off) of its latest look; None
+        when the kernel loaded or :func:`cpu_kernel` has not looked yet.
     """
     return _error
