@@ -128,6 +128,18 @@ def time_pair(make_twin: Callable, make_olor: Callable, params: List[Tensor],
     return result
 
 
+def unreviewed(opt: Optimizer) -> Optimizer:
+    """``opt`` (review 'spd') after one step, its anchors moved to
+    ``theta - 100 * grad``: the gradients (fixed here) then point away from
+    the anchors, so no step moves a tensor away from them and the review
+    'spd' leaves every tensor as the step made it."""
+    opt.step()
+    for group in opt.param_groups:
+        for p in group['params']:
+            opt.state[p]['anchor'].copy_(p - 100 * p.grad)
+    return opt
+
+
 def pairs(args) -> List[Tuple[str, str, str, Callable, Callable]]:
     """(optimizer, mode, twin name, make twin, make OLOR) to time."""
     olor_adamw = dict(ADAMW, rollback=ROLLBACK)
@@ -156,6 +168,12 @@ def pairs(args) -> List[Tuple[str, str, str, Callable, Callable]]:
                     lambda p, f=flags: AdamW(p, **ADAMW, **f),
                     lambda p, f=flags: OLORAdamW(
                         p, **olor_adamw, review='spd', **f)))
+    # Its other bound: no tensor reviewed (the anchors put where every
+    # step moves toward them), i.e. the step pass alone.
+    out.append(('AdamW', 'fused, spd, none reviewed', 'torch AdamW fused',
+                lambda p: AdamW(p, **ADAMW, fused=True),
+                lambda p: unreviewed(
+                    OLORAdamW(p, **olor_adamw, review='spd', fused=True))))
     out.append(('AdamW', 'fused, l2sp', 'torch AdamW fused',
                 lambda p: AdamW(p, **ADAMW, fused=True),
                 lambda p: OLORAdamW(p, **ADAMW, l2sp=L2SP, fused=True)))

@@ -355,3 +355,26 @@ def test_constructor_refuses_l2sp_for_a_torch_optimizer():
                        r"got optimizer\.type='AdamW'"):
         _build(_model(), optimizer=dict(type='AdamW', lr=1e-3),
                l2sp=dict(alpha=0.1))
+
+
+def test_benchmarks_unreviewed_spd_steps_as_adamw():
+    """benchmarks/optimizer.py's 'spd, none reviewed' row: with the anchors
+    that `unreviewed` puts, the review 'spd' leaves every step as AdamW's
+    (the row times the step pass alone), here on the fused kernel."""
+    from benchmarks.optimizer import unreviewed
+    torch.manual_seed(0)
+    ours = [torch.randn(n, requires_grad=True) for n in (1000, 37, 5)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    for p, q in zip(ours, theirs):
+        p.grad = torch.randn_like(p) * 1e-3
+        q.grad = p.grad.clone()
+    kwargs = dict(lr=1e-2, weight_decay=0.05)
+    opt = unreviewed(OLORAdamW(ours, rollback=1.0, review='spd', fused=True,
+                               rollback_follows_lr=False, **kwargs))
+    adamw = torch.optim.AdamW(theirs, **kwargs)
+    adamw.step()
+    for _ in range(5):
+        opt.step()
+        adamw.step()
+    for p, q in zip(ours, theirs):
+        assert_close(p, q, rtol=1e-6, atol=1e-7)
