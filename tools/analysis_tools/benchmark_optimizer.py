@@ -22,7 +22,9 @@ which) runs torch's own step in the same mode and then one multi-tensor
 review pass; ``bf16 anchor``
 adds ``anchor_dtype='bfloat16'``; ``spd`` rows take the review ``'spd'``
 (the gradients are the same every step, so every tensor moves away from its
-anchor and is reviewed: the rule's slowest case); the ``l2sp`` row takes
+anchor and is reviewed: the rule's slowest case; ``spd, none reviewed`` puts
+the anchors where every step moves toward them, so none is: its fastest
+case, the step pass alone); the ``l2sp`` row takes
 L2-SP (weight 0.01) and no review; the AdamB rows put OLOR-AdamW (weight decay
 0, as AdamB has none) against the per-parameter AdamB loop. Columns: median ms
 per step of the twin and of OLOR, the median [first-third quartile] of the
