@@ -219,7 +219,7 @@ def bench_backbones(args) -> List[Dict]:
                 threads=torch.get_num_threads())
             rows.append(res)
             print(
-                f'  {optimizer:5s} {mode:22s} {twin_name:22s} '
+                f'  {optimizer:5s} {mode:25s} {twin_name:22s} '
                 f'{res["twin_ms"]:8.1f} ms  OLOR {res["olor_ms"]:8.1f} ms  '
                 f'x{res["ratio"]:.3f} [{res["q1"]:.3f}-{res["q3"]:.3f}]',
                 flush=True)
